@@ -1,0 +1,3 @@
+from tcl_fast.nn.lif import LIFMultiStep
+
+__all__ = ["LIFMultiStep"]

@@ -1,0 +1,67 @@
+"""``LIFMultiStep``: a drop-in for SpikingJelly's ``LIFNode(step_mode="m")``."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from tcl_fast.ops.lif import BACKENDS, lif_multistep
+from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES
+
+
+class LIFMultiStep(nn.Module):
+    """Leaky integrate-and-fire neurons over time-first input ``[T, B, ...]``.
+
+    Stateless between calls (each forward starts from ``v_reset``), like a
+    SpikingJelly node that is ``reset()`` every batch; pass ``v0`` and
+    ``return_v=True`` to carry the membrane across chunks of time.
+    ``learnable_tau`` is PLIF: ``1/tau = sigmoid(w)``, one ``w`` per layer.
+    """
+
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
+                 decay_input: bool = True, detach_reset: bool = False, surrogate: str = "sigmoid",
+                 alpha: float | None = None, learnable_tau: bool = False, backend: str = "auto"):
+        super().__init__()
+        if surrogate not in SURROGATES:
+            raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+            raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+        if not (tau >= 1 and math.isfinite(tau)):
+            raise ValueError(f"tau must be >= 1 and finite, got {tau}")
+        if learnable_tau and tau <= 1:
+            raise ValueError(f"learnable_tau needs tau > 1 (w = -log(tau - 1)), got {tau}")
+        v_r = 0.0 if v_reset is None else float(v_reset)
+        if not v_threshold > v_r:
+            raise ValueError(f"v_threshold ({v_threshold}) must be greater than v_reset ({v_r})")
+        self.tau = float(tau)
+        self.v_threshold = float(v_threshold)
+        self.v_reset = None if v_reset is None else float(v_reset)
+        self.decay_input = bool(decay_input)
+        self.detach_reset = bool(detach_reset)
+        self.surrogate = surrogate
+        self.alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
+        self.learnable_tau = bool(learnable_tau)
+        self.backend = backend
+        if learnable_tau:
+            self.w = nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
+
+    def decay(self) -> float | torch.Tensor:
+        """k = 1/tau (a tensor carrying gradient when tau is learnable)."""
+        return torch.sigmoid(self.w) if self.learnable_tau else 1.0 / self.tau
+
+    def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_v: bool = False):
+        return lif_multistep(
+            x, v0, decay=self.decay(), v_threshold=self.v_threshold, v_reset=self.v_reset,
+            decay_input=self.decay_input, detach_reset=self.detach_reset,
+            surrogate=self.surrogate, alpha=self.alpha, return_v=return_v, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        tau = f"tau={self.tau}" + (" (learnable)" if self.learnable_tau else "")
+        reset = "soft" if self.v_reset is None else f"hard, v_reset={self.v_reset}"
+        return (f"{tau}, v_threshold={self.v_threshold}, reset={reset}, decay_input={self.decay_input}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate}(alpha={self.alpha}), "
+                f"backend={self.backend}")

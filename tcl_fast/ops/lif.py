@@ -1,0 +1,246 @@
+"""Multi-step LIF as an autograd-capable op with several backends.
+
+``lif_multistep`` validates its input, flattens the neuron dims to ``[T, N]``
+and calls one backend:
+
+* ``cpp``    - ``torch.ops.tcl_fast.lif_forward`` on CPU tensors (csrc/lif_cpu.cpp)
+* ``cuda``   - the same op on CUDA tensors (csrc/lif_cuda.cu)
+* ``triton`` - Triton kernels (tcl_fast/ops/lif_triton.py)
+* ``torch``  - the pure-PyTorch reference (tcl_fast/ops/lif_reference.py)
+
+The C++/CUDA op is declared once in csrc/ops.cpp; its fake (meta) kernel and
+autograd formula are registered here, so it traces under ``torch.compile``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from tcl_fast import _extension
+from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES, lif_multistep_reference
+
+BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------
+# C++ / CUDA op registration
+# --------------------------------------------------------------------------
+if _extension.has_cpp():
+
+    @torch.library.register_fake("tcl_fast::lif_forward")
+    def _lif_forward_fake(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                          detach_reset, surrogate, alpha, smooth):
+        return torch.empty_like(x), torch.empty_like(v0)
+
+    @torch.library.register_fake("tcl_fast::lif_backward")
+    def _lif_backward_fake(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
+                           hard_reset, decay_input, detach_reset, surrogate, alpha, smooth,
+                           need_decay_grad):
+        return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(decay)
+
+    def _lif_setup_context(ctx, inputs, output):
+        x, v0, decay, *params = inputs
+        ctx.save_for_backward(x, v0, decay)
+        ctx.params = params
+
+    def _lif_backward(ctx, grad_spikes, grad_v_last):
+        x, v0, decay = ctx.saved_tensors
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(x)
+        if grad_v_last is None:
+            grad_v_last = torch.zeros_like(v0)
+        grad_x, grad_v0, grad_decay = torch.ops.tcl_fast.lif_backward(
+            grad_spikes.contiguous(), grad_v_last.contiguous(), x, v0, decay, *ctx.params,
+            ctx.needs_input_grad[2],
+        )
+        return (grad_x, grad_v0, grad_decay if ctx.needs_input_grad[2] else None,
+                None, None, None, None, None, None, None, None)
+
+    torch.library.register_autograd(
+        "tcl_fast::lif_forward", _lif_backward, setup_context=_lif_setup_context
+    )
+
+
+def _lif_compiled(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                  detach_reset, surrogate_id, alpha, smooth):
+    return torch.ops.tcl_fast.lif_forward(
+        x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
+        surrogate_id, alpha, smooth,
+    )
+
+
+def _lif_triton(*args):
+    from tcl_fast.ops.lif_triton import lif_forward_triton
+
+    return lif_forward_triton(*args)
+
+
+# --------------------------------------------------------------------------
+# Validation and backend choice
+# --------------------------------------------------------------------------
+_warned_fallback: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned_fallback:
+        _warned_fallback.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def backend_available(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` can run on tensors of ``device`` in this install."""
+    if backend == "torch":
+        return True
+    if backend == "cpp":
+        return device.type == "cpu" and _extension.has_cpp()
+    if backend == "cuda":
+        return device.type == "cuda" and _extension.has_cuda_kernels()
+    if backend == "triton":
+        if not _extension.has_triton():
+            return False
+        return device.type == "cuda" or (device.type == "cpu" and not torch.cuda.is_available())
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``auto`` into a concrete backend; raise if an explicit one can't run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        if not backend_available(backend, device):
+            reason = ""
+            if backend in ("cpp", "cuda") and _extension.load_error() is not None:
+                reason = f" (tcl_fast._C failed to load: {_extension.load_error()})"
+            raise RuntimeError(
+                f"LIF backend {backend!r} is not available for {device.type} tensors{reason}"
+            )
+        return backend
+    if device.type == "cuda":
+        if backend_available("cuda", device):
+            return "cuda"
+        if backend_available("triton", device):
+            _warn_once("cuda->triton", "tcl_fast: CUDA kernels not built; LIF uses the Triton backend")
+            return "triton"
+    elif device.type == "cpu" and backend_available("cpp", device):
+        return "cpp"
+    _warn_once(
+        f"{device.type}->torch",
+        f"tcl_fast: no fused LIF kernel for {device.type} tensors in this install "
+        f"({_extension.load_error() or 'unsupported device'}); using the slower pure-PyTorch backend",
+    )
+    return "torch"
+
+
+def _validate_decay(tau, decay):
+    """Return k = 1/tau as a float or a tensor; raise on values that make no LIF."""
+    if decay is not None:
+        if isinstance(decay, torch.Tensor):
+            if decay.numel() != 1 or not decay.is_floating_point():
+                raise ValueError("decay must be a floating-point scalar tensor (1/tau)")
+            return decay.reshape(())
+        tau = 1.0 / float(decay) if float(decay) > 0 else 0.0
+    if isinstance(tau, torch.Tensor):
+        if tau.numel() != 1 or not tau.is_floating_point():
+            raise ValueError("tau must be a float or a floating-point scalar tensor")
+        return 1.0 / tau.reshape(())
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be positive and finite, got {tau}")
+    if tau < 1:
+        raise ValueError(
+            f"tau must be >= 1, got {tau}: with tau < 1 the leak 1/tau > 1 overshoots v_reset"
+        )
+    return 1.0 / tau
+
+
+def lif_multistep(
+    x: torch.Tensor,
+    v0: torch.Tensor | None = None,
+    *,
+    tau: float | torch.Tensor = 2.0,
+    decay: float | torch.Tensor | None = None,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    surrogate: str = "sigmoid",
+    alpha: float | None = None,
+    return_v: bool = False,
+    backend: str = "auto",
+    _smooth: bool = False,
+):
+    """Multi-step LIF over time-first ``x: [T, *]`` (SpikingJelly semantics).
+
+    Returns spikes ``[T, *]`` in ``x.dtype``; with ``return_v`` also the final
+    membrane ``[*]`` (feed it back as ``v0`` to stream over chunks of time).
+    ``tau`` may be a tensor (learnable); ``decay`` (= 1/tau) overrides ``tau``.
+    ``v_reset=None`` selects the soft reset. See README "LIF semantics".
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dim: [T, *neurons]")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError("x has T = 0 time steps; need T >= 1")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
+    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be positive and finite, got {alpha}")
+    k = _validate_decay(tau, decay)
+    v_threshold = float(v_threshold)
+    hard_reset = v_reset is not None
+    v_r = float(v_reset) if hard_reset else 0.0
+    if not (math.isfinite(v_threshold) and math.isfinite(v_r)):
+        raise ValueError("v_threshold and v_reset must be finite")
+    if v_threshold <= v_r:
+        raise ValueError(
+            f"v_threshold ({v_threshold}) must be greater than "
+            f"{'v_reset' if hard_reset else '0 (soft reset)'} ({v_r})"
+        )
+    neuron_shape = x.shape[1:]
+    if v0 is not None:
+        if not isinstance(v0, torch.Tensor):
+            raise TypeError(f"v0 must be a torch.Tensor or None, got {type(v0).__name__}")
+        if v0.shape != neuron_shape:
+            raise ValueError(f"v0 must have shape {tuple(neuron_shape)} (x.shape[1:]), got {tuple(v0.shape)}")
+        if v0.device != x.device:
+            raise ValueError(f"v0 is on {v0.device} but x is on {x.device}")
+        if v0.dtype != x.dtype:
+            raise TypeError(f"v0 must have x's dtype {x.dtype}, got {v0.dtype}")
+    if isinstance(k, torch.Tensor) and k.device != x.device and k.device.type != "cpu":
+        raise ValueError(f"tau/decay tensor is on {k.device} but x is on {x.device}")
+    backend = resolve_backend(backend, x.device)
+
+    if backend == "torch":
+        spikes, v_last = lif_multistep_reference(
+            x, v0, k, v_threshold, v_reset if hard_reset else None, decay_input,
+            detach_reset, surrogate, alpha, smooth=_smooth,
+        )
+        return (spikes, v_last) if return_v else spikes
+
+    T = x.shape[0]
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if isinstance(k, torch.Tensor):
+        k = k.to(device=x.device, dtype=acc_dtype)
+    else:
+        k = torch.tensor(k, device=x.device, dtype=acc_dtype)
+    x2d = x.reshape(T, -1).contiguous()  # one copy at most (non-contiguous / channels_last)
+    if v0 is None:
+        v0_flat = torch.full((x2d.shape[1],), v_r, dtype=x.dtype, device=x.device)
+    else:
+        v0_flat = v0.reshape(-1).contiguous()
+    fn = _lif_triton if backend == "triton" else _lif_compiled
+    spikes, v_last = fn(
+        x2d, v0_flat, k, v_threshold, v_r, hard_reset, decay_input, detach_reset,
+        SURROGATES.index(surrogate), alpha, _smooth,
+    )
+    spikes = spikes.reshape(x.shape)
+    v_last = v_last.reshape(neuron_shape)
+    return (spikes, v_last) if return_v else spikes

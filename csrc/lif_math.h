@@ -19,10 +19,20 @@
 
 #include <math.h>
 
+#include <stdint.h>
+
 #if defined(__CUDACC__)
 #define TCL_HD __host__ __device__ __forceinline__
+#define TCL_UNROLL _Pragma("unroll")
+#define TCL_SIMD
 #else
 #define TCL_HD inline
+#define TCL_UNROLL
+#if defined(_OPENMP)
+#define TCL_SIMD _Pragma("omp simd")
+#else
+#define TCL_SIMD
+#endif
 #endif
 
 namespace tcl_fast {
@@ -143,6 +153,123 @@ TCL_HD A grad_x_from_h(A gh, const Params<A>& p) {
 template <typename A>
 TCL_HD A grad_v_prev_from_h(A gh, const Params<A>& p) {
   return gh * (A(1) - p.decay);
+}
+
+// ---- whole-sequence drivers -------------------------------------------------
+// A driver runs LANES neighbouring neurons over all T steps; v0 == nullptr
+// means every membrane starts at v_reset. Neuron l of the
+// group reads x[t * stride + l]. The CUDA kernel calls it with LANES = 1 (one
+// thread per neuron, coalesced across the warp); the CPU kernel with a block
+// of LANES neurons so the inner lane loop vectorises and the block's rows stay
+// in cache while time advances.
+
+// Backward keeps h for a chunk of kTimeChunk steps in registers (CUDA) or L1
+// (CPU): it re-runs the forward recursion instead of saving h in forward.
+constexpr int kTimeChunk = 16;
+
+template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES, typename S>
+TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
+                            S* __restrict__ spikes, S* __restrict__ v_last,
+                            int64_t T, int64_t stride, const Params<A>& p) {
+  A v[LANES];
+  TCL_SIMD
+  for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
+  for (int64_t t = 0; t < T; ++t) {
+    const S* xt = x + t * stride;
+    S* st = spikes + t * stride;
+    TCL_SIMD
+    for (int l = 0; l < LANES; ++l) {
+      const A h = charge<A, DecayInput>(v[l], static_cast<A>(xt[l]), p);
+      const A s = fire<A, SG, Smooth>(h, p);
+      v[l] = reset<A, HardReset>(h, s, p);
+      st[l] = static_cast<S>(s);
+    }
+  }
+  TCL_SIMD
+  for (int l = 0; l < LANES; ++l) v_last[l] = static_cast<S>(v[l]);
+}
+
+// grad_decay_partial (nullable) receives this group's sum over time of
+// dL/dh * dh/dk per neuron. v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
+// (row stride `stride`) holding the membrane at the start of each later chunk.
+template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES, typename S>
+TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
+                             const S* __restrict__ x, const S* __restrict__ v0,
+                             S* __restrict__ grad_x, S* __restrict__ grad_v0,
+                             A* __restrict__ grad_decay_partial, A* __restrict__ v_chunk,
+                             int64_t T, int64_t stride, const Params<A>& p) {
+  const int64_t num_chunks = (T + kTimeChunk - 1) / kTimeChunk;
+  A v[LANES];
+  // Pass 1 (only when T spans several chunks): checkpoint the membrane.
+  if (num_chunks > 1) {
+    TCL_SIMD
+    for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
+    for (int64_t c = 0; c + 1 < num_chunks; ++c) {
+      for (int64_t t = c * kTimeChunk; t < (c + 1) * kTimeChunk; ++t) {
+        const S* xt = x + t * stride;
+        TCL_SIMD
+        for (int l = 0; l < LANES; ++l) {
+          const A h = charge<A, DecayInput>(v[l], static_cast<A>(xt[l]), p);
+          v[l] = reset<A, HardReset>(h, fire<A, SG, Smooth>(h, p), p);
+        }
+      }
+      TCL_SIMD
+      for (int l = 0; l < LANES; ++l) v_chunk[c * stride + l] = v[l];
+    }
+  }
+  const bool need_decay_grad = grad_decay_partial != nullptr;
+  A gv[LANES], gk[LANES];
+  TCL_SIMD
+  for (int l = 0; l < LANES; ++l) {
+    gv[l] = static_cast<A>(grad_v_last[l]);
+    gk[l] = A(0);
+  }
+  // Pass 2: chunks in reverse; recompute h inside the chunk, then walk back.
+  for (int64_t c = num_chunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * kTimeChunk;
+    const int64_t len = (T - t0) < kTimeChunk ? (T - t0) : kTimeChunk;
+    A h[kTimeChunk][LANES];
+    A dh_dk[kTimeChunk][LANES];
+    TCL_SIMD
+    for (int l = 0; l < LANES; ++l)
+      v[l] = c > 0 ? v_chunk[(c - 1) * stride + l] : (v0 ? static_cast<A>(v0[l]) : p.v_reset);
+    TCL_UNROLL
+    for (int j = 0; j < kTimeChunk; ++j) {
+      if (j < len) {
+        const S* xt = x + (t0 + j) * stride;
+        TCL_SIMD
+        for (int l = 0; l < LANES; ++l) {
+          const A xv = static_cast<A>(xt[l]);
+          const A hv = charge<A, DecayInput>(v[l], xv, p);
+          dh_dk[j][l] = need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
+          h[j][l] = hv;
+          v[l] = reset<A, HardReset>(hv, fire<A, SG, Smooth>(hv, p), p);
+        }
+      }
+    }
+    TCL_UNROLL
+    for (int j = kTimeChunk - 1; j >= 0; --j) {
+      if (j < len) {
+        const S* gst = grad_spikes + (t0 + j) * stride;
+        S* gxt = grad_x + (t0 + j) * stride;
+        TCL_SIMD
+        for (int l = 0; l < LANES; ++l) {
+          const A hv = h[j][l];
+          const A gh = grad_h<A, SG, HardReset>(static_cast<A>(gst[l]), gv[l], hv,
+                                                fire<A, SG, Smooth>(hv, p), p);
+          gxt[l] = static_cast<S>(grad_x_from_h<A, DecayInput>(gh, p));
+          gk[l] += gh * dh_dk[j][l];
+          gv[l] = grad_v_prev_from_h(gh, p);
+        }
+      }
+    }
+  }
+  TCL_SIMD
+  for (int l = 0; l < LANES; ++l) grad_v0[l] = static_cast<S>(gv[l]);
+  if (need_decay_grad) {
+    TCL_SIMD
+    for (int l = 0; l < LANES; ++l) grad_decay_partial[l] = gk[l];
+  }
 }
 
 }  // namespace lif

@@ -33,13 +33,13 @@ if _extension.has_cpp():
     @torch.library.register_fake("tcl_fast::lif_forward")
     def _lif_forward_fake(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                           detach_reset, surrogate, alpha, smooth):
-        return torch.empty_like(x), torch.empty_like(v0)
+        return torch.empty_like(x), x.new_empty(x.shape[1:])
 
     @torch.library.register_fake("tcl_fast::lif_backward")
     def _lif_backward_fake(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                            hard_reset, decay_input, detach_reset, surrogate, alpha, smooth,
                            need_decay_grad):
-        return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(decay)
+        return torch.empty_like(x), x.new_empty(x.shape[1:]), torch.empty_like(decay)
 
     def _lif_setup_context(ctx, inputs, output):
         x, v0, decay, *params = inputs
@@ -51,12 +51,13 @@ if _extension.has_cpp():
         if grad_spikes is None:
             grad_spikes = torch.zeros_like(x)
         if grad_v_last is None:
-            grad_v_last = torch.zeros_like(v0)
+            grad_v_last = x.new_zeros(x.shape[1:])
         grad_x, grad_v0, grad_decay = torch.ops.tcl_fast.lif_backward(
             grad_spikes.contiguous(), grad_v_last.contiguous(), x, v0, decay, *ctx.params,
             ctx.needs_input_grad[2],
         )
-        return (grad_x, grad_v0, grad_decay if ctx.needs_input_grad[2] else None,
+        return (grad_x, grad_v0 if v0 is not None else None,
+                grad_decay if ctx.needs_input_grad[2] else None,
                 None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(
@@ -72,10 +73,12 @@ def _lif_compiled(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
     )
 
 
-def _lif_triton(*args):
+def _lif_triton(x2d, v0, decay, v_threshold, v_reset, *args):
     from tcl_fast.ops.lif_triton import lif_forward_triton
 
-    return lif_forward_triton(*args)
+    if v0 is None:  # the Triton op takes an explicit initial membrane
+        v0 = torch.full(x2d.shape[1:], v_reset, dtype=x2d.dtype, device=x2d.device)
+    return lif_forward_triton(x2d, v0, decay, v_threshold, v_reset, *args)
 
 
 # --------------------------------------------------------------------------
@@ -90,14 +93,14 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def backend_available(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` can run on tensors of ``device`` in this install."""
+def backend_available(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether ``backend`` can run on ``dtype`` tensors of ``device`` in this install."""
     if backend == "torch":
         return True
     if backend == "cpp":
         return device.type == "cpu" and _extension.has_cpp()
-    if backend == "cuda":
-        return device.type == "cuda" and _extension.has_cuda_kernels()
+    if backend == "cuda":  # float64 is CPU-only (gradcheck); GPUs train in 32/16 bit
+        return device.type == "cuda" and dtype != torch.float64 and _extension.has_cuda_kernels()
     if backend == "triton":
         if not _extension.has_triton():
             return False
@@ -105,30 +108,30 @@ def backend_available(backend: str, device: torch.device) -> bool:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """Turn ``auto`` into a concrete backend; raise if an explicit one can't run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
-        if not backend_available(backend, device):
+        if not backend_available(backend, device, dtype):
             reason = ""
             if backend in ("cpp", "cuda") and _extension.load_error() is not None:
                 reason = f" (tcl_fast._C failed to load: {_extension.load_error()})"
             raise RuntimeError(
-                f"LIF backend {backend!r} is not available for {device.type} tensors{reason}"
+                f"LIF backend {backend!r} is not available for {dtype} {device.type} tensors{reason}"
             )
         return backend
     if device.type == "cuda":
-        if backend_available("cuda", device):
+        if backend_available("cuda", device, dtype):
             return "cuda"
-        if backend_available("triton", device):
+        if backend_available("triton", device, dtype):
             _warn_once("cuda->triton", "tcl_fast: CUDA kernels not built; LIF uses the Triton backend")
             return "triton"
-    elif device.type == "cpu" and backend_available("cpp", device):
+    elif device.type == "cpu" and backend_available("cpp", device, dtype):
         return "cpp"
     _warn_once(
-        f"{device.type}->torch",
-        f"tcl_fast: no fused LIF kernel for {device.type} tensors in this install "
+        f"{device.type}/{dtype}->torch",
+        f"tcl_fast: no fused LIF kernel for {dtype} {device.type} tensors in this install "
         f"({_extension.load_error() or 'unsupported device'}); using the slower pure-PyTorch backend",
     )
     return "torch"
@@ -216,7 +219,7 @@ def lif_multistep(
             raise TypeError(f"v0 must have x's dtype {x.dtype}, got {v0.dtype}")
     if isinstance(k, torch.Tensor) and k.device != x.device and k.device.type != "cpu":
         raise ValueError(f"tau/decay tensor is on {k.device} but x is on {x.device}")
-    backend = resolve_backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, x.dtype)
 
     if backend == "torch":
         spikes, v_last = lif_multistep_reference(
@@ -232,10 +235,7 @@ def lif_multistep(
     else:
         k = torch.tensor(k, device=x.device, dtype=acc_dtype)
     x2d = x.reshape(T, -1).contiguous()  # one copy at most (non-contiguous / channels_last)
-    if v0 is None:
-        v0_flat = torch.full((x2d.shape[1],), v_r, dtype=x.dtype, device=x.device)
-    else:
-        v0_flat = v0.reshape(-1).contiguous()
+    v0_flat = None if v0 is None else v0.reshape(-1).contiguous()  # None: start at v_r
     fn = _lif_triton if backend == "triton" else _lif_compiled
     spikes, v_last = fn(
         x2d, v0_flat, k, v_threshold, v_r, hard_reset, decay_input, detach_reset,

@@ -1,0 +1,90 @@
+// Input checks and compile-time dispatch shared by the CPU and CUDA op
+// registrations (host C++ only: this header includes ATen).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <type_traits>
+
+#include "lif_math.h"
+
+namespace tcl_fast {
+namespace lif {
+
+// Checks what the Python wrapper already guarantees, so a direct
+// torch.ops.tcl_fast call with bad tensors errors instead of corrupting memory.
+inline void check_forward_inputs(const at::Tensor& x, const std::optional<at::Tensor>& v0_opt,
+                                 const at::Tensor& decay, int64_t surrogate, double alpha) {
+  TORCH_CHECK(x.dim() == 2, "tcl_fast::lif: x must be [T, N], got ", x.dim(), " dims");
+  TORCH_CHECK(x.size(0) >= 1, "tcl_fast::lif: x needs T >= 1 time steps");
+  TORCH_CHECK(x.is_contiguous(), "tcl_fast::lif: x must be contiguous");
+  if (v0_opt.has_value()) {
+    const at::Tensor& v0 = *v0_opt;
+    TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1),
+                "tcl_fast::lif: v0 must be [N] with N = x.size(1)");
+    TORCH_CHECK(v0.is_contiguous(), "tcl_fast::lif: v0 must be contiguous");
+    TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "tcl_fast::lif: v0 must have x's dtype");
+    TORCH_CHECK(v0.device() == x.device(), "tcl_fast::lif: x and v0 must be on one device");
+  }
+  TORCH_CHECK(decay.device() == x.device(), "tcl_fast::lif: x and decay must be on one device");
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(decay.numel() == 1 && decay.scalar_type() == acc,
+              "tcl_fast::lif: decay must be a one-element ", acc, " tensor");
+  TORCH_CHECK(surrogate >= 0 && surrogate < kNumSurrogates,
+              "tcl_fast::lif: surrogate id out of range: ", surrogate);
+  TORCH_CHECK(alpha > 0, "tcl_fast::lif: alpha must be positive");
+}
+
+inline void check_backward_inputs(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+                                  const at::Tensor& x) {
+  TORCH_CHECK(grad_spikes.sizes() == x.sizes() && grad_spikes.scalar_type() == x.scalar_type() &&
+                  grad_spikes.is_contiguous() && grad_spikes.device() == x.device(),
+              "tcl_fast::lif_backward: grad_spikes must be contiguous, like x");
+  TORCH_CHECK(grad_v_last.dim() == 1 && grad_v_last.size(0) == x.size(1) &&
+                  grad_v_last.scalar_type() == x.scalar_type() && grad_v_last.is_contiguous() &&
+                  grad_v_last.device() == x.device(),
+              "tcl_fast::lif_backward: grad_v_last must be a contiguous [N] tensor of x's dtype");
+}
+
+template <typename A>
+inline Params<A> make_params(double v_threshold, double v_reset, double alpha, bool detach_reset) {
+  Params<A> p;
+  p.decay = A(0);  // read from the decay tensor by the kernel
+  p.v_threshold = static_cast<A>(v_threshold);
+  p.v_reset = static_cast<A>(v_reset);
+  p.alpha = static_cast<A>(alpha);
+  p.detach_reset = detach_reset;
+  return p;
+}
+
+// Runtime flags -> template arguments, e.g.
+//   with_bool(decay_input, [&](auto di) { kernel<decltype(di)::value>(); });
+template <typename F>
+inline void with_bool(bool flag, F&& f) {
+  if (flag) f(std::true_type{});
+  else f(std::false_type{});
+}
+
+template <typename F>
+inline void with_surrogate(int64_t id, F&& f) {
+  switch (id) {
+    case kSigmoid: f(std::integral_constant<int, kSigmoid>{}); break;
+    case kATan: f(std::integral_constant<int, kATan>{}); break;
+    case kTriangle: f(std::integral_constant<int, kTriangle>{}); break;
+    case kRectangle: f(std::integral_constant<int, kRectangle>{}); break;
+    default: TORCH_CHECK(false, "tcl_fast::lif: unknown surrogate id ", id);
+  }
+}
+
+template <typename S>
+const S* optional_data(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<S>() : nullptr;
+}
+
+// Number of chunk-start checkpoints the backward needs (see backward_neurons).
+inline int64_t num_checkpoint_rows(int64_t T) {
+  return (T + kTimeChunk - 1) / kTimeChunk - 1;
+}
+
+}  // namespace lif
+}  // namespace tcl_fast

@@ -1,0 +1,159 @@
+// CPU implementation of tcl_fast::lif_forward / lif_backward.
+// Parallel over blocks of neurons (at::parallel_for, OpenMP in torch builds);
+// inside a block the time loop runs over kLanes neighbouring neurons whose
+// per-step loop vectorises (see the drivers in lif_math.h).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "lif_common.h"
+
+namespace tcl_fast {
+namespace lif {
+namespace {
+
+constexpr int kLanes = 64;               // neurons per vectorised group
+constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
+
+template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
+                       at::Tensor& v_last, const Params<A>& p) {
+  const int64_t T = x.size(0), N = x.size(1);
+  const S* xp = x.data_ptr<S>();
+  const S* v0p = optional_data<S>(v0);
+  S* sp = spikes.data_ptr<S>();
+  S* vp = v_last.data_ptr<S>();
+  const int64_t groups = (N + kLanes - 1) / kLanes;
+  at::parallel_for(0, groups, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n0 = g * kLanes;
+      if (n0 + kLanes <= N) {
+        forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, v0p ? v0p + n0 : nullptr, sp + n0, vp + n0, T, N, p);
+      } else {  // ragged tail: one neuron at a time
+        for (int64_t n = n0; n < N; ++n)
+          forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, v0p ? v0p + n : nullptr, sp + n, vp + n, T, N, p);
+      }
+    }
+  });
+}
+
+template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+void backward_cpu_typed(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+                        const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
+                        at::Tensor& grad_v0, A* grad_decay_partial, A* v_chunk,
+                        const Params<A>& p) {
+  const int64_t T = x.size(0), N = x.size(1);
+  const S* gsp = grad_spikes.data_ptr<S>();
+  const S* gvp = grad_v_last.data_ptr<S>();
+  const S* xp = x.data_ptr<S>();
+  const S* v0p = optional_data<S>(v0);
+  S* gxp = grad_x.data_ptr<S>();
+  S* gv0p = grad_v0.data_ptr<S>();
+  const int64_t groups = (N + kLanes - 1) / kLanes;
+  at::parallel_for(0, groups, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n0 = g * kLanes;
+      const int64_t n1 = n0 + kLanes <= N ? n0 + kLanes : N;
+      auto run = [&](auto lanes, int64_t n) {
+        backward_neurons<A, SG, DI, HR, SM, decltype(lanes)::value>(
+            gsp + n, gvp + n, xp + n, v0p ? v0p + n : nullptr, gxp + n, gv0p + n,
+            grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr,
+            T, N, p);
+      };
+      if (n1 - n0 == kLanes) run(std::integral_constant<int, kLanes>{}, n0);
+      else for (int64_t n = n0; n < n1; ++n) run(std::integral_constant<int, 1>{}, n);
+    }
+  });
+}
+
+// Smooth (test) mode is built for float64 only, to keep compile time down.
+template <typename S>
+constexpr bool smooth_supported() { return std::is_same<S, double>::value; }
+
+std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
+    double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
+    double alpha, bool smooth) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
+              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty({x.size(1)}, x.options());
+  if (x.numel() == 0) return {spikes, v_last};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward_cpu", [&] {
+    using S = scalar_t;
+    using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
+    auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
+    p.decay = decay.data_ptr<A>()[0];
+    with_bool(decay_input, [&](auto di) {
+      with_bool(hard_reset, [&](auto hr) {
+        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+        if constexpr (smooth_supported<S>()) {
+          if (smooth) {
+            with_surrogate(surrogate, [&](auto sg) {
+              forward_cpu_typed<S, A, decltype(sg)::value, DI, HR, true>(x, v0, spikes, v_last, p);
+            });
+            return;
+          }
+        }
+        // Without smooth mode the forward does not depend on the surrogate.
+        forward_cpu_typed<S, A, kSigmoid, DI, HR, false>(x, v0, spikes, v_last, p);
+      });
+    });
+  });
+  return {spikes, v_last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
+    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    bool smooth, bool need_decay_grad) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  check_backward_inputs(grad_spikes, grad_v_last, x);
+  TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
+              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
+  auto grad_x = at::empty_like(x);
+  auto grad_v0 = at::empty({x.size(1)}, x.options());
+  const int64_t T = x.size(0), N = x.size(1);
+  if (x.numel() == 0) return {grad_x, grad_v0, at::zeros_like(decay)};
+  auto decay_partial = need_decay_grad ? at::empty({N}, decay.options()) : at::Tensor();
+  auto v_chunk = at::empty({num_checkpoint_rows(T), N}, decay.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_backward_cpu", [&] {
+    using S = scalar_t;
+    using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
+    auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
+    p.decay = decay.data_ptr<A>()[0];
+    A* partial = need_decay_grad ? decay_partial.data_ptr<A>() : nullptr;
+    A* chunk = v_chunk.numel() ? v_chunk.data_ptr<A>() : nullptr;
+    with_surrogate(surrogate, [&](auto sg) {
+      with_bool(decay_input, [&](auto di) {
+        with_bool(hard_reset, [&](auto hr) {
+          constexpr int SG = decltype(sg)::value;
+          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+          if constexpr (smooth_supported<S>()) {
+            if (smooth) {
+              backward_cpu_typed<S, A, SG, DI, HR, true>(grad_spikes, grad_v_last, x, v0, grad_x,
+                                                         grad_v0, partial, chunk, p);
+              return;
+            }
+          }
+          backward_cpu_typed<S, A, SG, DI, HR, false>(grad_spikes, grad_v_last, x, v0, grad_x,
+                                                      grad_v0, partial, chunk, p);
+        });
+      });
+    });
+  });
+  auto grad_decay = need_decay_grad ? decay_partial.sum().reshape(decay.sizes())
+                                    : at::zeros_like(decay);
+  return {grad_x, grad_v0, grad_decay};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tcl_fast, CPU, m) {
+  m.impl("lif_forward", &lif_forward_cpu);
+  m.impl("lif_backward", &lif_backward_cpu);
+}
+
+}  // namespace lif
+}  // namespace tcl_fast

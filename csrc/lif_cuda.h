@@ -1,0 +1,41 @@
+// Plain launcher interface between the torch-facing registration
+// (lif_cuda_ops.cpp) and the kernels (lif_cuda.cu). No torch headers here, so
+// nvcc compiles lif_cuda.cu in seconds rather than minutes.
+#pragma once
+
+#include <stdint.h>
+
+namespace tcl_fast {
+namespace lif {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct LaunchArgs {
+  DType dtype;
+  int64_t T;
+  int64_t N;
+  float v_threshold;
+  float v_reset;
+  float alpha;
+  bool hard_reset;
+  bool decay_input;
+  bool detach_reset;
+  int surrogate;
+  void* stream;  // cudaStream_t
+};
+
+// Each returns nullptr on success, else the CUDA error string. v0 may be
+// nullptr (every membrane starts at v_reset).
+const char* forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
+                    void* spikes, void* v_last);
+
+// grad_decay_partial: [N] or nullptr; v_chunk: [ceil(T/16) - 1, N] float scratch
+// (nullptr when T <= 16).
+const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* grad_v_last,
+                     const void* x, const void* v0, const float* decay, void* grad_x,
+                     void* grad_v0, float* grad_decay_partial, float* v_chunk);
+
+}  // namespace cuda
+}  // namespace lif
+}  // namespace tcl_fast

@@ -1,0 +1,91 @@
+// CUDA registration of tcl_fast::lif_forward / lif_backward: checks, output
+// allocation and stream/device selection; the kernels live in lif_cuda.cu.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "lif_common.h"
+#include "lif_cuda.h"
+
+namespace tcl_fast {
+namespace lif {
+namespace {
+
+cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_reset,
+                             bool hard_reset, bool decay_input, bool detach_reset,
+                             int64_t surrogate, double alpha) {
+  cuda::LaunchArgs a;
+  switch (x.scalar_type()) {
+    case at::kFloat: a.dtype = cuda::DType::kFloat32; break;
+    case at::kHalf: a.dtype = cuda::DType::kFloat16; break;
+    case at::kBFloat16: a.dtype = cuda::DType::kBFloat16; break;
+    default:
+      TORCH_CHECK(false, "tcl_fast::lif on CUDA supports float32, float16 and bfloat16, got ",
+                  x.scalar_type());
+  }
+  a.T = x.size(0);
+  a.N = x.size(1);
+  a.v_threshold = static_cast<float>(v_threshold);
+  a.v_reset = static_cast<float>(v_reset);
+  a.alpha = static_cast<float>(alpha);
+  a.hard_reset = hard_reset;
+  a.decay_input = decay_input;
+  a.detach_reset = detach_reset;
+  a.surrogate = static_cast<int>(surrogate);
+  a.stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
+    double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
+    double alpha, bool smooth) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty({x.size(1)}, x.options());
+  const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
+                             surrogate, alpha);
+  const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
+                                  spikes.data_ptr(), v_last.data_ptr());
+  TORCH_CHECK(err == nullptr, "tcl_fast::lif_forward CUDA launch failed: ", err);
+  return {spikes, v_last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
+    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    bool smooth, bool need_decay_grad) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  check_backward_inputs(grad_spikes, grad_v_last, x);
+  TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto grad_x = at::empty_like(x);
+  auto grad_v0 = at::empty({x.size(1)}, x.options());
+  const int64_t N = x.size(1);
+  auto decay_partial = need_decay_grad ? at::empty({N}, decay.options()) : at::Tensor();
+  auto v_chunk = at::empty({num_checkpoint_rows(x.size(0)), N}, decay.options());
+  const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
+                             surrogate, alpha);
+  const char* err = cuda::backward(
+      a, grad_spikes.data_ptr(), grad_v_last.data_ptr(), x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr,
+      decay.data_ptr<float>(), grad_x.data_ptr(), grad_v0.data_ptr(),
+      need_decay_grad ? decay_partial.data_ptr<float>() : nullptr,
+      v_chunk.numel() ? v_chunk.data_ptr<float>() : nullptr);
+  TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
+  auto grad_decay = need_decay_grad ? decay_partial.sum().reshape(decay.sizes())
+                                    : at::zeros_like(decay);
+  return {grad_x, grad_v0, grad_decay};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tcl_fast, CUDA, m) {
+  m.impl("lif_forward", &lif_forward_cuda);
+  m.impl("lif_backward", &lif_backward_cuda);
+}
+
+}  // namespace lif
+}  // namespace tcl_fast

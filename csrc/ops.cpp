@@ -1,0 +1,29 @@
+// The tcl_fast operator library: every op is declared once here; the CPU
+// (lif_cpu.cpp) and CUDA (lif_cuda_ops.cpp) files register implementations per
+// dispatch key; Python registers fake kernels and autograd (tcl_fast/ops/lif.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import tcl_fast._C` loads this shared object, which runs the registrations
+// below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(tcl_fast, m) {
+  // x: [T, N] contiguous; v0: [N] or None (start at v_reset); decay: 0-dim (float32, float64 for float64 x)
+  // holding k = 1/tau. surrogate: 0 sigmoid, 1 atan, 2 triangle, 3 rectangle.
+  // smooth: test mode firing the surrogate's primitive (see csrc/lif_math.h).
+  m.def(
+      "lif_forward(Tensor x, Tensor? v0, Tensor decay, float v_threshold, float v_reset, "
+      "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
+      "bool smooth) -> (Tensor spikes, Tensor v_last)");
+  m.def(
+      "lif_backward(Tensor grad_spikes, Tensor grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
+      "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
+      "int surrogate, float alpha, bool smooth, bool need_decay_grad) "
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+}

@@ -1,0 +1,298 @@
+"""Fused LIF (C++ on CPU, CUDA on GPU) against the pure-PyTorch reference."""
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import tcl_fast
+from tcl_fast import _extension
+from tcl_fast.ops.lif_reference import SURROGATES, lif_multistep_reference
+
+pytestmark = pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
+
+HAS_CUDA_KERNELS = torch.cuda.is_available() and _extension.has_cuda_kernels()
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNELS else [])
+FUSED = {"cpu": "cpp", "cuda": "cuda"}
+RESETS = {"hard": 0.0, "hard_neg": -0.5, "soft": None}
+
+
+def _run(backend, x, v0=None, tau=2.0, grad_s=None, grad_v=None, **kw):
+    """Forward + backward through ``backend``; returns outputs and input grads."""
+    x = x.detach().clone().requires_grad_()
+    v0 = None if v0 is None else v0.detach().clone().requires_grad_()
+    tau = tau.detach().clone().requires_grad_() if isinstance(tau, torch.Tensor) else tau
+    if backend == "reference":
+        decay = 1.0 / tau
+        spikes, v_last = lif_multistep_reference(x, v0, decay, kw.get("v_threshold", 1.0),
+                                                 kw.get("v_reset", 0.0), kw.get("decay_input", True),
+                                                 kw.get("detach_reset", False), kw.get("surrogate", "sigmoid"),
+                                                 kw.get("alpha"))
+    else:
+        spikes, v_last = tcl_fast.lif_multistep(x, v0, tau=tau, return_v=True, backend=backend, **kw)
+    grad_s = torch.randn_like(spikes) if grad_s is None else grad_s
+    grad_v = torch.zeros_like(v_last) if grad_v is None else grad_v
+    torch.autograd.backward([spikes, v_last], [grad_s, grad_v])
+    return dict(spikes=spikes.detach(), v_last=v_last.detach(), gx=x.grad,
+                gv0=None if v0 is None else v0.grad,
+                gtau=tau.grad if isinstance(tau, torch.Tensor) else None)
+
+
+def _inputs(shape, device, dtype=torch.float32, scale=1.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * scale + 0.4).to(device=device, dtype=dtype)
+    return x
+
+
+def _assert_close_to_reference(got, want, atol=1e-5, rtol=1e-5):
+    assert torch.equal(got["spikes"], want["spikes"]), "spikes differ"
+    torch.testing.assert_close(got["v_last"], want["v_last"], atol=atol, rtol=rtol)
+    torch.testing.assert_close(got["gx"], want["gx"], atol=atol, rtol=rtol)
+    if want["gv0"] is not None:
+        torch.testing.assert_close(got["gv0"], want["gv0"], atol=atol, rtol=rtol)
+    if want["gtau"] is not None:
+        torch.testing.assert_close(got["gtau"], want["gtau"], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# parity over every semantic switch
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("decay_input,reset,detach_reset",
+                         list(itertools.product([True, False], RESETS, [False, True])))
+def test_matches_reference_all_switches(device, surrogate, decay_input, reset, detach_reset):
+    kw = dict(decay_input=decay_input, v_reset=RESETS[reset], detach_reset=detach_reset,
+              surrogate=surrogate)
+    x = _inputs((21, 3, 67), device)  # T crosses the 16-step backward chunk
+    v0 = _inputs((3, 67), device, seed=1) * 0.3
+    tau = torch.tensor(2.5, device=device)  # learnable: exercises the decay gradient
+    grad_s = torch.randn(x.shape, device=device)
+    grad_v = torch.randn(x.shape[1:], device=device)
+    got = _run(FUSED[device], x, v0, tau, grad_s, grad_v, **kw)
+    want = _run("reference", x, v0, tau, grad_s, grad_v, **kw)
+    _assert_close_to_reference(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5, 7), (37, 1), (37, 3, 11), (4, 5, 123, 123)])
+def test_odd_shapes(device, shape):
+    x = _inputs(shape, device)
+    grad_s = torch.randn(shape, device=device)
+    got = _run(FUSED[device], x, grad_s=grad_s, surrogate="atan")
+    want = _run("reference", x, grad_s=grad_s, surrogate="atan")
+    _assert_close_to_reference(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_channels_last(device):
+    base = _inputs((6, 4, 3, 9, 10), device)
+    grad_s = torch.randn(base.shape, device=device)
+    want = _run("reference", base, grad_s=grad_s)
+    # channels_last per time step: a [T, B, C, H, W] tensor whose B*C*H*W block is NHWC
+    cl = base.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (6, 4))
+    assert not cl.is_contiguous()
+    got = _run(FUSED[device], cl, grad_s=grad_s)
+    _assert_close_to_reference(got, want)
+    assert got["spikes"].shape == base.shape
+    # a transposed view
+    t = base.transpose(3, 4).contiguous().transpose(3, 4)
+    assert not t.is_contiguous()
+    _assert_close_to_reference(_run(FUSED[device], t, grad_s=grad_s), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_streaming_over_chunks_of_time(device):
+    """Running [0:T1] then [T1:T] with v0 = v_last equals one run, grads included."""
+    x = _inputs((19, 2, 33), device).requires_grad_()
+    s_full, v_full = tcl_fast.lif_multistep(x, return_v=True, backend=FUSED[device])
+    (s_full.sum() + v_full.sum()).backward()
+    g_full = x.grad.clone()
+    x.grad = None
+    s1, v1 = tcl_fast.lif_multistep(x[:7], return_v=True, backend=FUSED[device])
+    s2, v2 = tcl_fast.lif_multistep(x[7:], v1, return_v=True, backend=FUSED[device])
+    assert torch.equal(torch.cat([s1, s2]), s_full)
+    torch.testing.assert_close(v2, v_full)
+    (s1.sum() + s2.sum() + v2.sum()).backward()
+    torch.testing.assert_close(x.grad, g_full)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_neurons(device):
+    x = torch.empty(5, 0, 3, device=device, requires_grad=True)
+    s, v = tcl_fast.lif_multistep(x, return_v=True, backend=FUSED[device])
+    assert s.shape == (5, 0, 3) and v.shape == (0, 3)
+    s.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+# ---------------------------------------------------------------------------
+# reduced precision: spikes exact vs an fp32 run, error within 2x plain PyTorch's
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_half_precision(device, dtype, reset):
+    kw = dict(v_reset=RESETS[reset], surrogate="sigmoid")
+    x = _inputs((12, 4, 257), device, dtype)
+    grad_s = torch.randn(x.shape, device=device).to(dtype)
+    got = _run(FUSED[device], x, grad_s=grad_s, **kw)
+    # The kernel accumulates in float32, so it fires exactly like an fp32 run on the same values.
+    fp32 = _run("reference", x.float(), grad_s=grad_s.float(), **kw)
+    assert torch.equal(got["spikes"].float(), fp32["spikes"])
+    oracle = _run("reference", x.double(), grad_s=grad_s.double(), **kw)
+    plain = _run("reference", x, grad_s=grad_s, **kw)  # PyTorch computing at `dtype`
+    for key in ("v_last", "gx"):
+        err_kernel = (got[key].double() - oracle[key]).norm()
+        err_plain = (plain[key].double() - oracle[key]).norm()
+        assert err_kernel <= 2 * err_plain + 1e-6, (key, err_kernel.item(), err_plain.item())
+    assert got["spikes"].dtype == dtype and got["gx"].dtype == dtype
+
+
+# ---------------------------------------------------------------------------
+# gradcheck, opcheck, torch.compile
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("reset", ["hard_neg", "soft"])
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_gradcheck_smooth_mode(surrogate, reset, decay_input):
+    """With spikes replaced by the surrogate's primitive the analytic backward is
+    the exact derivative, so finite differences check the whole chain rule."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(18, 5, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    v0 = (0.2 * torch.randn(5, generator=g, dtype=torch.float64)).requires_grad_()
+    decay = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    kw = dict(v_reset=RESETS[reset], decay_input=decay_input, surrogate=surrogate,
+              alpha={"sigmoid": 2.0, "atan": 1.0, "triangle": 1.5, "rectangle": 2.0}[surrogate])
+
+    def fused(x, v0, decay):
+        return tcl_fast.lif_multistep(x, v0, decay=decay, return_v=True, backend="cpp",
+                                      _smooth=True, **kw)
+
+    def reference(x, v0, decay):
+        return tcl_fast.lif_multistep(x, v0, decay=decay, return_v=True, backend="torch",
+                                      _smooth=True, **kw)
+
+    assert torch.autograd.gradcheck(reference, (x, v0, decay))
+    assert torch.autograd.gradcheck(fused, (x, v0, decay))
+
+
+def _op_args(device, T=5, N=9, dtype=torch.float32, v0=True, requires_grad=True):
+    x = _inputs((T, N), device, dtype).requires_grad_(requires_grad)
+    v = (0.1 * torch.randn(N, device=device, dtype=dtype)).requires_grad_(requires_grad) if v0 else None
+    decay = torch.tensor(0.5, device=device, dtype=torch.float32, requires_grad=requires_grad)
+    return (x, v, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_v0", [True, False])
+def test_opcheck_forward(device, with_v0):
+    torch.library.opcheck(torch.ops.tcl_fast.lif_forward.default, _op_args(device, v0=with_v0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward(device):
+    x, v0, decay, *params = _op_args(device, requires_grad=False)
+    args = (torch.randn_like(x), torch.randn_like(v0), x, v0, decay, *params, True)
+    torch.library.opcheck(torch.ops.tcl_fast.lif_backward.default, args)
+
+
+class _TinySNN(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.lif1 = tcl_fast.LIFMultiStep(backend=backend)
+        self.lif2 = tcl_fast.LIFMultiStep(backend=backend, learnable_tau=True, surrogate="atan")
+        self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):  # x: [T, B, 2, 6, 6]
+        T, B = x.shape[:2]
+        y = self.conv(x.flatten(0, 1)).unflatten(0, (T, B))
+        y = self.lif1(y)
+        y = self.lif2(y)
+        return self.fc(y.flatten(2)).mean(0)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compiler):
+    torch.manual_seed(0)
+    net = _TinySNN("cpp")
+    x = torch.randn(4, 2, 2, 6, 6) * 2
+    eager_out = net(x)
+    eager_out.sum().backward()
+    eager_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, fullgraph=True, backend=compiler)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager_out, atol=1e-5, rtol=1e-5)
+    for p, g in zip(net.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# the module
+# ---------------------------------------------------------------------------
+def test_module_matches_functional_and_learns_tau():
+    m = tcl_fast.LIFMultiStep(tau=3.0, surrogate="triangle", learnable_tau=True, v_reset=None)
+    x = _inputs((8, 2, 16), "cpu")
+    out = m(x)
+    ref, _ = lif_multistep_reference(x, None, 1 / 3.0, 1.0, None, True, False, "triangle", None)
+    assert torch.equal(out, ref)
+    (out * torch.randn_like(out)).sum().backward()
+    assert m.w.grad is not None and m.w.grad.abs() > 0
+    text = repr(m)
+    assert "tau=3.0 (learnable)" in text and "soft" in text and "triangle" in text
+
+
+def test_auto_backend_uses_cpp_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tcl_fast.LIFMultiStep()(torch.randn(3, 4))
+
+
+def test_explicit_unavailable_backend_raises():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="'cuda' is not available"):
+        tcl_fast.lif_multistep(torch.randn(3, 4), backend="cuda")
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: tcl_fast.lif_multistep([1.0, 2.0]), TypeError, "x must be a torch.Tensor"),
+    (lambda: tcl_fast.lif_multistep(torch.tensor(1.0)), ValueError, "at least 1 dim"),
+    (lambda: tcl_fast.lif_multistep(torch.empty(0, 3)), ValueError, "T = 0"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4, dtype=torch.int32)), TypeError, "x must be float"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4, dtype=torch.complex64)), TypeError, "x must be float"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), tau=0.0), ValueError, "tau must be positive"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), tau=-2.0), ValueError, "tau must be positive"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), tau=0.5), ValueError, "tau must be >= 1"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), v_threshold=0.0), ValueError, "v_threshold"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), v_threshold=-1.0, v_reset=None), ValueError, "v_threshold"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), surrogate="relu"), ValueError, "unknown surrogate"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), alpha=0.0), ValueError, "alpha"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), torch.ones(5)), ValueError, "v0 must have shape"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), torch.ones(4, dtype=torch.float64)), TypeError, "v0 must have x's dtype"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), torch.ones(4, device="meta")), ValueError, "v0 is on"),
+    (lambda: tcl_fast.lif_multistep(torch.ones(3, 4), backend="gpu"), ValueError, "backend must be one of"),
+    (lambda: tcl_fast.LIFMultiStep(tau=0.5), ValueError, "tau must be >= 1"),
+    (lambda: tcl_fast.LIFMultiStep(tau=1.0, learnable_tau=True), ValueError, "learnable_tau needs tau > 1"),
+    (lambda: tcl_fast.LIFMultiStep(v_threshold=0.0), ValueError, "v_threshold"),
+    (lambda: tcl_fast.LIFMultiStep(surrogate="erf"), ValueError, "unknown surrogate"),
+    (lambda: tcl_fast.LIFMultiStep(backend="fast"), ValueError, "backend must be one of"),
+])
+def test_bad_input_raises(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_mixed_devices_raise():
+    with pytest.raises(ValueError, match="v0 is on"):
+        tcl_fast.lif_multistep(torch.ones(3, 4, device="cuda"), torch.ones(4))

@@ -12,13 +12,16 @@ from setuptools import setup
 
 
 def _default_cuda_home():
-    """The toolkit root: nvcc's real location (a /usr/local/bin/nvcc symlink would
-    make torch guess /usr/local), else /usr/local/cuda."""
+    """The toolkit root holding include/cuda_runtime.h. Torch guesses it from
+    nvcc's path, which is wrong for a /usr/local/bin/nvcc wrapper or symlink."""
+    candidates = []
     nvcc = shutil.which("nvcc")
     if nvcc is not None:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
+            return root
     return None
 
 

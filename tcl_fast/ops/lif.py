@@ -73,12 +73,10 @@ def _lif_compiled(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
     )
 
 
-def _lif_triton(x2d, v0, decay, v_threshold, v_reset, *args):
+def _lif_triton(*args):
     from tcl_fast.ops.lif_triton import lif_forward_triton
 
-    if v0 is None:  # the Triton op takes an explicit initial membrane
-        v0 = torch.full(x2d.shape[1:], v_reset, dtype=x2d.dtype, device=x2d.device)
-    return lif_forward_triton(x2d, v0, decay, v_threshold, v_reset, *args)
+    return lif_forward_triton(*args)
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,197 @@
+"""Compare the multi-step LIF backends side by side.
+
+    python benchmarks/bench_lif.py                 # this machine's default device
+    python benchmarks/bench_lif.py --quick         # a smaller grid
+    python benchmarks/bench_lif.py --device cuda --neurons 4194304 --dtypes float16
+
+For every (T, neurons, dtype) it times forward (no grad) and forward+backward
+of each available backend: the PyTorch reference, torch.compile of it, the
+fused C++ (CPU) or CUDA kernel, Triton, and SpikingJelly's LIFNode when it is
+installed. Each row reports the speed-up over the reference measured in the
+same run and the effective bandwidth (the bytes a fused kernel must move:
+forward reads x and writes spikes; backward reads x and grad_spikes and writes
+grad_x) as a fraction of a plain tensor copy measured in the same run.
+Results: a table on stdout and JSON under benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tcl_fast  # noqa: E402
+from tcl_fast.ops.lif import backend_available  # noqa: E402
+from tcl_fast.ops.lif_reference import lif_multistep_reference  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def timed(fn, device: torch.device, repeats: int, min_time: float = 0.2) -> float:
+    """Median seconds per call; synchronises the GPU before every clock read."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up (and compilation)
+    sync()
+    samples = []
+    start_all = time.perf_counter()
+    while len(samples) < repeats or (time.perf_counter() - start_all < min_time and len(samples) < 50):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
+    """name -> callable(x) returning spikes; only those that run here."""
+    backends = {"torch": lambda x: lif_multistep_reference(x)[0]}
+    if use_compile:
+        compiled = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
+        backends["torch.compile"] = compiled
+    for name in ("cpp", "cuda", "triton"):
+        if backend_available(name, device, dtype):
+            backends[name] = (lambda b: lambda x: tcl_fast.lif_multistep(x, backend=b))(name)
+    try:
+        from spikingjelly.activation_based import neuron
+    except ImportError:
+        pass
+    else:
+        sj_backends = ["torch"] + (["cupy", "triton"] if device.type == "cuda" else [])
+        for sj in sj_backends:
+            try:
+                node = neuron.LIFNode(tau=2.0, step_mode="m", backend=sj).to(device)
+                node(torch.zeros(2, 4, device=device, dtype=dtype))
+                node.reset()
+            except Exception:  # that SpikingJelly backend is not installed here
+                continue
+
+            def run(x, node=node):
+                node.reset()
+                return node(x)
+
+            backends[f"spikingjelly-{sj}"] = run
+    return backends
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--T", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--neurons", type=int, nargs="+", default=None,
+                    help="neurons per time step (default: CPU 2^16 2^20; CUDA 2^20 and SpikingJelly's 64x65536)")
+    ap.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but no GPU is visible")
+    if args.neurons is None:
+        args.neurons = [1 << 16, 1 << 20] if device.type == "cpu" else [1 << 20, 64 * 65536]
+    if args.dtypes is None:
+        args.dtypes = ["float32", "bfloat16"] if device.type == "cpu" else ["float32", "float16", "bfloat16"]
+    if args.quick:
+        args.T = [t for t in args.T if t <= 8] or args.T[:1]
+        args.neurons = args.neurons[-1:]
+    name = device_name(device)
+    print(f"device: {name}; torch {torch.__version__}")
+
+    rows = []
+    header = (f"{'dtype':>8} {'T':>3} {'neurons':>9} {'backend':>22} {'fwd ms':>9} {'fwd x':>7} "
+              f"{'fwd %copy':>9} {'f+b ms':>9} {'f+b x':>7} {'f+b %copy':>9}")
+    print(header)
+    print("-" * len(header))
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        backends = make_backends(device, dtype, not args.no_compile)
+        for T in args.T:
+            for N in args.neurons:
+                torch.manual_seed(0)
+                x = (torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype)
+                grad = torch.randn_like(x)
+                esize = x.element_size()
+                copy_dst = torch.empty_like(x)
+                copy_s = timed(lambda: copy_dst.copy_(x), device, args.repeats)
+                copy_bw = 2 * x.numel() * esize / copy_s
+                results = {}
+                for bname, fn in backends.items():
+                    def forward():
+                        with torch.no_grad():
+                            fn(x)
+
+                    xg = x.detach().clone().requires_grad_()
+
+                    def forward_backward():
+                        xg.grad = None
+                        fn(xg).backward(grad)
+
+                    try:
+                        fwd_s = timed(forward, device, args.repeats)
+                        fb_s = timed(forward_backward, device, args.repeats)
+                    except Exception as exc:  # report, don't abort the whole table
+                        print(f"{dtype_name:>8} {T:>3} {N:>9} {bname:>22}  failed: {type(exc).__name__}: {exc}")
+                        continue
+                    results[bname] = (fwd_s, fb_s)
+                base_fwd, base_fb = results.get("torch", (float("nan"), float("nan")))
+                for bname, (fwd_s, fb_s) in results.items():
+                    fwd_bw = 2 * x.numel() * esize / fwd_s
+                    fb_bw = 5 * x.numel() * esize / fb_s
+                    row = dict(dtype=dtype_name, T=T, neurons=N, backend=bname,
+                               forward_ms=fwd_s * 1e3, forward_backward_ms=fb_s * 1e3,
+                               forward_speedup_vs_torch=base_fwd / fwd_s,
+                               forward_backward_speedup_vs_torch=base_fb / fb_s,
+                               forward_bandwidth_gbs=fwd_bw / 1e9, forward_backward_bandwidth_gbs=fb_bw / 1e9,
+                               copy_bandwidth_gbs=copy_bw / 1e9,
+                               forward_fraction_of_copy=fwd_bw / copy_bw,
+                               forward_backward_fraction_of_copy=fb_bw / copy_bw)
+                    rows.append(row)
+                    print(f"{dtype_name:>8} {T:>3} {N:>9} {bname:>22} {fwd_s * 1e3:>9.3f} "
+                          f"{row['forward_speedup_vs_torch']:>6.1f}x {100 * row['forward_fraction_of_copy']:>8.0f}% "
+                          f"{fb_s * 1e3:>9.3f} {row['forward_backward_speedup_vs_torch']:>6.1f}x "
+                          f"{100 * row['forward_backward_fraction_of_copy']:>8.0f}%")
+                print(f"{'':>8} {'':>3} {'':>9} {'(copy)':>22} {copy_s * 1e3:>9.3f}   copy {copy_bw / 1e9:.1f} GB/s")
+
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"lif_{device.type}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(dict(benchmark="lif", device=name, device_type=device.type, torch=torch.__version__,
+                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       command=" ".join(["python", "benchmarks/bench_lif.py"] + (argv or sys.argv[1:])),
+                       bytes_model="forward 2*T*N*elem (read x, write spikes); forward+backward 5*T*N*elem",
+                       rows=rows), f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

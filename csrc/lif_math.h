@@ -42,7 +42,30 @@ namespace lif {
 enum Surrogate : int { kSigmoid = 0, kATan = 1, kTriangle = 2, kRectangle = 3 };
 constexpr int kNumSurrogates = 4;
 
-TCL_HD float tcl_exp(float a) { return expf(a); }
+// exp for float in plain arithmetic (Cody-Waite reduction + Cephes' degree-6
+// polynomial, ~1 ulp) so that the CPU lane loops vectorise without fast-math;
+// the GPU runs the same code, keeping both devices' surrogate values identical.
+TCL_HD float tcl_bits_to_float(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(bits);
+#else
+  return __builtin_bit_cast(float, bits);
+#endif
+}
+TCL_HD float tcl_exp(float a) {
+  a = a < -87.0f ? -87.0f : (a > 88.0f ? 88.0f : a);  // keep 2^n a normal float
+  const float round_magic = 12582912.0f;                 // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (a * 1.44269504088896341f + round_magic) - round_magic;
+  const float r = (a - n * 0.693359375f) - n * -2.12194440e-4f;  // a - n ln2 in two parts
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float exp_r = poly * (r * r) + r + 1.0f;
+  return exp_r * tcl_bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+}
 TCL_HD double tcl_exp(double a) { return exp(a); }
 TCL_HD float tcl_atan(float a) { return atanf(a); }
 TCL_HD double tcl_atan(double a) { return atan(a); }
@@ -114,7 +137,7 @@ TCL_HD A charge(A v, A x, const Params<A>& p) {
 template <typename A, int SG, bool Smooth>
 TCL_HD A fire(A h, const Params<A>& p) {
   if (Smooth) return SurrogateFn<A, SG>::primitive(h - p.v_threshold, p.alpha);
-  return h >= p.v_threshold ? A(1) : A(0);
+  return static_cast<A>(h >= p.v_threshold);  // branch-free: the lane loop must vectorise
 }
 
 template <typename A, bool HardReset>

@@ -1,7 +1,11 @@
-"""Loads the compiled ``tcl_fast._C`` library and says what it provides."""
+"""Loads the compiled ``tcl_fast._C`` library and says what it provides.
+
+Everything is probed once at import, so the answers are plain constants that
+``torch.compile`` can trace through.
+"""
 from __future__ import annotations
 
-import functools
+import os
 
 import torch
 
@@ -13,6 +17,19 @@ except ImportError as exc:  # a source checkout that was never built, or a broke
     _C = None
     _LOAD_ERROR = exc
 
+_HAS_CPP = _C is not None
+_HAS_CUDA_KERNELS = _HAS_CPP and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "tcl_fast::lif_forward", "CUDA"
+)
+try:
+    import triton  # noqa: F401
+
+    # Triton runs on a CUDA GPU, or on CPU tensors in its interpreter, which
+    # must be switched on before any kernel is defined (tests/conftest.py).
+    _HAS_TRITON = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+except ImportError:
+    _HAS_TRITON = False
+
 
 def load_error() -> Exception | None:
     """Why ``tcl_fast._C`` could not be imported (None when it was)."""
@@ -21,24 +38,14 @@ def load_error() -> Exception | None:
 
 def has_cpp() -> bool:
     """True when the C++ CPU kernels are registered."""
-    return _C is not None
+    return _HAS_CPP
 
 
-@functools.lru_cache(maxsize=None)
 def has_cuda_kernels() -> bool:
     """True when the library was built with its CUDA kernels."""
-    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "tcl_fast::lif_forward", "CUDA"
-    )
+    return _HAS_CUDA_KERNELS
 
 
-@functools.lru_cache(maxsize=None)
 def has_triton() -> bool:
     """True when Triton can run here (a CUDA GPU, or TRITON_INTERPRET=1 on CPU)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    import os
-
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return _HAS_TRITON

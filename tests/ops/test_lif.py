@@ -234,34 +234,6 @@ def test_torch_compile_fullgraph(compiler):
 
 
 # ---------------------------------------------------------------------------
-# the module
-# ---------------------------------------------------------------------------
-def test_module_matches_functional_and_learns_tau():
-    m = tcl_fast.LIFMultiStep(tau=3.0, surrogate="triangle", learnable_tau=True, v_reset=None)
-    x = _inputs((8, 2, 16), "cpu")
-    out = m(x)
-    ref, _ = lif_multistep_reference(x, None, 1 / 3.0, 1.0, None, True, False, "triangle", None)
-    assert torch.equal(out, ref)
-    (out * torch.randn_like(out)).sum().backward()
-    assert m.w.grad is not None and m.w.grad.abs() > 0
-    text = repr(m)
-    assert "tau=3.0 (learnable)" in text and "soft" in text and "triangle" in text
-
-
-def test_auto_backend_uses_cpp_without_warning():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        tcl_fast.LIFMultiStep()(torch.randn(3, 4))
-
-
-def test_explicit_unavailable_backend_raises():
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="'cuda' is not available"):
-        tcl_fast.lif_multistep(torch.randn(3, 4), backend="cuda")
-
-
-# ---------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("call,error,match", [

@@ -1,4 +1,6 @@
 from tcl_fast.ops.lif import lif_multistep
 from tcl_fast.ops.lif_reference import lif_multistep_reference
+from tcl_fast.ops.supcon import supcon_loss
+from tcl_fast.ops.supcon_reference import supcon_loss_reference
 
-__all__ = ["lif_multistep", "lif_multistep_reference"]
+__all__ = ["lif_multistep", "lif_multistep_reference", "supcon_loss", "supcon_loss_reference"]

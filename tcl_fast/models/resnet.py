@@ -1,0 +1,60 @@
+"""Spiking ResNet-19 (as in TET) and ResNet-18 for 32x32 inputs."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tcl_fast.models.layers import ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-LIF-conv-BN, add the shortcut, then LIF (spikes in, spikes out)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, lif_backend: str, lif_kwargs: dict):
+        super().__init__()
+        self.conv1 = SeqToANN(*conv_bn(in_ch, out_ch, stride))
+        self.lif1 = make_lif(lif_backend, lif_kwargs)
+        self.conv2 = SeqToANN(*conv_bn(out_ch, out_ch))
+        self.shortcut = (SeqToANN(*conv_bn(in_ch, out_ch, stride, kernel=1))
+                         if stride != 1 or in_ch != out_ch else nn.Identity())
+        self.lif2 = make_lif(lif_backend, lif_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.lif1(self.conv1(x)))
+        return self.lif2(out + self.shortcut(x))
+
+
+class SpikingResNet(SpikingNet):
+    def __init__(self, num_classes: int, in_channels: int, *, stem_width: int,
+                 stages: list[tuple[int, int, int]], fc_hidden: int | None, proj_dim: int = 128,
+                 lif_backend: str = "auto", **lif_kwargs):
+        super().__init__()
+        self.stem = SeqToANN(*conv_bn(in_channels, stem_width))
+        layers: list[nn.Module] = [make_lif(lif_backend, lif_kwargs)]
+        ch = stem_width
+        for width, blocks, stride in stages:
+            for i in range(blocks):
+                layers.append(BasicBlock(ch, width, stride if i == 0 else 1, lif_backend, lif_kwargs))
+                ch = width
+        layers.append(SeqToANN(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = ch
+        if fc_hidden:  # ResNet-19: FC 256 + LIF before the class layer
+            self.classifier = nn.Sequential(
+                SeqToANN(nn.Linear(ch, fc_hidden)), make_lif(lif_backend, lif_kwargs),
+                SeqToANN(nn.Linear(fc_hidden, num_classes)),
+            )
+        else:
+            self.classifier = SeqToANN(nn.Linear(ch, num_classes))
+        self.head = ProjectionHead(ch, proj_dim)
+
+
+def resnet19(num_classes: int, in_channels: int, **kwargs) -> SpikingResNet:
+    return SpikingResNet(num_classes, in_channels, stem_width=64,
+                         stages=[(128, 3, 1), (256, 3, 2), (512, 2, 2)], fc_hidden=256, **kwargs)
+
+
+def resnet18(num_classes: int, in_channels: int, **kwargs) -> SpikingResNet:
+    return SpikingResNet(num_classes, in_channels, stem_width=64,
+                         stages=[(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)], fc_hidden=None,
+                         **kwargs)

@@ -1,0 +1,149 @@
+"""Run configuration: defaults, validation and the user-error type the CLI reports."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "none")
+AMP_MODES = ("none", "bf16", "fp16")
+LIF_BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
+_DEFAULT_LR = {"sgd": 0.1, "adam": 5e-3, "adamw": 1e-3}
+_DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2}
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; the CLI prints it and exits with code 2."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run.
+
+    Defaults are the digits/CPU recipe: 8 epochs of Adam (lr 5e-3, cosine) finish in
+    well under a minute on 2 cores. lam/temperature/ce_mode/proj_dim are the best
+    TCL setting of the measured sweep in results/sweep_digits.md (λ=0.1, τ=0.5,
+    per-step CE, 32-d projection); note proj 32 collapses at λ >= 0.5 with τ <= 0.1
+    there, so raise proj_dim to 128 when raising lam.
+    """
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    model: str = "small"
+    loss: str = "tcl"
+    ce_mode: str = "tet"
+    T: int = 4
+    frames: int | None = None  # event datasets: frames per sample (default: T)
+    lam: float = 0.1
+    temperature: float = 0.5
+    proj_dim: int = 32
+    lambda_mse: float = 0.0
+    phi: float = 1.0
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float | None = None  # None: 0.1 for sgd, 5e-3 for adam (digits), 1e-3 for adamw
+    weight_decay: float | None = None  # None: 5e-4 sgd, 0 adam, 1e-2 adamw
+    momentum: float = 0.9
+    optimizer: str = "adam"
+    scheduler: str = "cosine"
+    amp: str = "none"
+    backend: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    workers: int = 0
+    limit_batches: int | None = None  # train batches per epoch (quick checks)
+    augment: bool = True
+    progress: bool = True
+
+    def resolved_lr(self) -> float:
+        return _DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    def resolved_weight_decay(self) -> float:
+        return _DEFAULT_WD[self.optimizer] if self.weight_decay is None else self.weight_decay
+
+    def resolved_out(self) -> str:
+        if self.out:
+            return self.out
+        return os.path.join("runs", f"{self.dataset}_{self.model}_{self.loss}_T{self.T}_seed{self.seed}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def label(self) -> str:
+        """Short human label for tables and plot legends."""
+        s = self.loss
+        if self.loss in ("tcl", "stcl"):
+            s += f" λ={self.lam:g} τ={self.temperature:g}"
+            if self.ce_mode != "mean":
+                s += f" ce={self.ce_mode}"
+        return s
+
+    def validate(self) -> "TrainConfig":
+        from tcl_fast.data import DATASETS
+        from tcl_fast.models import MODELS
+        from tcl_fast.objectives import CE_MODES, LOSSES
+
+        def choice(name, value, options):
+            if value not in options:
+                raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
+
+        def integer(name, value, low=1, allow_none=False):
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+
+        def number(name, value, *, positive=False, allow_none=False):
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value!r}")
+            if positive and value <= 0:
+                raise UserError(f"{name} must be > 0, got {value:g}")
+            if value < 0:
+                raise UserError(f"{name} must be >= 0, got {value:g}")
+
+        choice("dataset", self.dataset, DATASETS)
+        choice("model", self.model, MODELS)
+        choice("loss", self.loss, LOSSES)
+        choice("ce-mode", self.ce_mode, CE_MODES)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("scheduler", self.scheduler, SCHEDULERS)
+        choice("amp", self.amp, AMP_MODES)
+        choice("backend", self.backend, LIF_BACKENDS)
+        integer("T", self.T)
+        integer("frames", self.frames, allow_none=True)
+        if self.frames is not None and self.frames < self.T:
+            raise UserError(f"frames ({self.frames}) must be >= T ({self.T})")
+        integer("epochs", self.epochs)
+        integer("batch-size", self.batch_size)
+        integer("proj-dim", self.proj_dim)
+        integer("seed", self.seed, low=0)
+        integer("workers", self.workers, low=0)
+        integer("limit-batches", self.limit_batches, allow_none=True)
+        number("lambda", self.lam)
+        number("temperature", self.temperature, positive=True)
+        number("lambda-mse", self.lambda_mse)
+        if isinstance(self.phi, bool) or not isinstance(self.phi, (int, float)) or not math.isfinite(self.phi):
+            raise UserError(f"phi must be a finite number, got {self.phi!r}")
+        number("lr", self.lr, positive=True, allow_none=True)
+        number("weight-decay", self.weight_decay, allow_none=True)
+        number("momentum", self.momentum)
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")
+                                          or self.device == "mps"):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dataset != "digits" and self.data_root is None:
+            raise UserError(f"dataset {self.dataset!r} needs --data-root (the folder holding its files)")
+        if self.data_root is not None and self.dataset != "digits" and not os.path.isdir(self.data_root):
+            if not (self.download and self.dataset in ("cifar10", "cifar100")):
+                raise UserError(f"data root {self.data_root!r} does not exist"
+                                + (" (add --download to fetch CIFAR)" if self.dataset.startswith("cifar") else ""))
+        return self

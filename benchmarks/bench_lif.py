@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -50,7 +49,11 @@ def device_name(device: torch.device) -> str:
 
 
 def timed(fn, device: torch.device, repeats: int, min_time: float = 0.2) -> float:
-    """Median seconds per call; synchronises the GPU before every clock read."""
+    """Fastest of several calls, in seconds; synchronises the GPU before every clock read.
+
+    The minimum, not the median: on a shared or CPU-quota-throttled machine the
+    slow samples measure the neighbours, not the kernel.
+    """
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -65,15 +68,14 @@ def timed(fn, device: torch.device, repeats: int, min_time: float = 0.2) -> floa
         fn()
         sync()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
     """name -> callable(x) returning spikes; only those that run here."""
     backends = {"torch": lambda x: lif_multistep_reference(x)[0]}
     if use_compile:
-        compiled = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
-        backends["torch.compile"] = compiled
+        backends["torch.compile"] = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
     for name in ("cpp", "cuda", "triton"):
         if backend_available(name, device, dtype):
             backends[name] = (lambda b: lambda x: tcl_fast.lif_multistep(x, backend=b))(name)
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--neurons", type=int, nargs="+", default=None,
                     help="neurons per time step (default: CPU 2^16 2^20; CUDA 2^20 and SpikingJelly's 64x65536)")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
@@ -132,9 +134,10 @@ def main(argv=None) -> int:
     print("-" * len(header))
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        backends = make_backends(device, dtype, not args.no_compile)
         for T in args.T:
             for N in args.neurons:
+                torch._dynamo.reset()  # one fresh compile per shape, not a recompile chain
+                backends = make_backends(device, dtype, not args.no_compile)
                 torch.manual_seed(0)
                 x = (torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype)
                 grad = torch.randn_like(x)

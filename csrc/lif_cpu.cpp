@@ -11,8 +11,49 @@ namespace tcl_fast {
 namespace lif {
 namespace {
 
-constexpr int kLanes = 64;               // neurons per vectorised group
+constexpr int kLanes = 128;               // neurons per vectorised group
 constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
+
+// The group loops are compiled twice, for AVX2 and for the x86-64 baseline,
+// and the loader picks one by CPU (GCC/Clang function multi-versioning), so a
+// portable build still runs 8-wide where the CPU allows.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TCL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TCL_CPU_CLONES
+#endif
+
+template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+TCL_CPU_CLONES void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N,
+                                   int64_t g0, int64_t g1, const Params<A>& p) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t n0 = g * kLanes;
+    if (n0 + kLanes <= N) {
+      forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, v0p ? v0p + n0 : nullptr, sp + n0, vp + n0, T, N, p);
+    } else {  // ragged tail: one neuron at a time
+      for (int64_t n = n0; n < N; ++n)
+        forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, v0p ? v0p + n : nullptr, sp + n, vp + n, T, N, p);
+    }
+  }
+}
+
+template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+TCL_CPU_CLONES void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp,
+                                    S* gv0p, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N,
+                                    int64_t g0, int64_t g1, const Params<A>& p) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t n0 = g * kLanes;
+    const int64_t n1 = n0 + kLanes <= N ? n0 + kLanes : N;
+    auto run = [&](auto lanes, int64_t n) {
+      backward_neurons<A, SG, DI, HR, SM, decltype(lanes)::value>(
+          gsp + n, gvp + n, xp + n, v0p ? v0p + n : nullptr, gxp + n, gv0p + n,
+          grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr,
+          T, N, p);
+    };
+    if (n1 - n0 == kLanes) run(std::integral_constant<int, kLanes>{}, n0);
+    else for (int64_t n = n0; n < n1; ++n) run(std::integral_constant<int, 1>{}, n);
+  }
+}
 
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
 void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
@@ -22,17 +63,8 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   const S* v0p = optional_data<S>(v0);
   S* sp = spikes.data_ptr<S>();
   S* vp = v_last.data_ptr<S>();
-  const int64_t groups = (N + kLanes - 1) / kLanes;
-  at::parallel_for(0, groups, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t n0 = g * kLanes;
-      if (n0 + kLanes <= N) {
-        forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, v0p ? v0p + n0 : nullptr, sp + n0, vp + n0, T, N, p);
-      } else {  // ragged tail: one neuron at a time
-        for (int64_t n = n0; n < N; ++n)
-          forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, v0p ? v0p + n : nullptr, sp + n, vp + n, T, N, p);
-      }
-    }
+  at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+    forward_groups<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
   });
 }
 
@@ -48,20 +80,9 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const at::Tensor& grad_v_
   const S* v0p = optional_data<S>(v0);
   S* gxp = grad_x.data_ptr<S>();
   S* gv0p = grad_v0.data_ptr<S>();
-  const int64_t groups = (N + kLanes - 1) / kLanes;
-  at::parallel_for(0, groups, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t n0 = g * kLanes;
-      const int64_t n1 = n0 + kLanes <= N ? n0 + kLanes : N;
-      auto run = [&](auto lanes, int64_t n) {
-        backward_neurons<A, SG, DI, HR, SM, decltype(lanes)::value>(
-            gsp + n, gvp + n, xp + n, v0p ? v0p + n : nullptr, gxp + n, gv0p + n,
-            grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr,
-            T, N, p);
-      };
-      if (n1 - n0 == kLanes) run(std::integral_constant<int, kLanes>{}, n0);
-      else for (int64_t n = n0; n < n1; ++n) run(std::integral_constant<int, 1>{}, n);
-    }
+  at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+    backward_groups<S, A, SG, DI, HR, SM>(gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk,
+                                         T, N, g0, g1, p);
   });
 }
 

@@ -86,5 +86,30 @@ inline int64_t num_checkpoint_rows(int64_t T) {
   return (T + kTimeChunk - 1) / kTimeChunk - 1;
 }
 
+// Outputs and scratch of lif_backward, allocated the same way on every device.
+struct BackwardBuffers {
+  at::Tensor grad_x, grad_v0;
+  at::Tensor decay_partial;  // [N] per-neuron dL/dk, undefined unless needed
+  at::Tensor v_chunk;        // [ceil(T/16) - 1, N] membrane checkpoints
+
+  BackwardBuffers(const at::Tensor& x, const at::Tensor& decay, bool need_decay_grad)
+      : grad_x(at::empty_like(x)),
+        grad_v0(at::empty({x.size(1)}, x.options())),
+        decay_partial(need_decay_grad ? at::empty({x.size(1)}, decay.options()) : at::Tensor()),
+        v_chunk(at::empty({num_checkpoint_rows(x.size(0)), x.size(1)}, decay.options())) {}
+
+  template <typename A>
+  A* decay_partial_ptr() { return decay_partial.defined() ? decay_partial.data_ptr<A>() : nullptr; }
+  template <typename A>
+  A* v_chunk_ptr() { return v_chunk.numel() ? v_chunk.data_ptr<A>() : nullptr; }
+
+  // (grad_x, grad_v0, grad_decay): the decay gradient sums the per-neuron parts.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& decay) const {
+    auto grad_decay = decay_partial.defined() ? decay_partial.sum().reshape(decay.sizes())
+                                              : at::zeros_like(decay);
+    return {grad_x, grad_v0, grad_decay};
+  }
+};
+
 }  // namespace lif
 }  // namespace tcl_fast

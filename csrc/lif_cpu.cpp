@@ -133,19 +133,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  auto grad_x = at::empty_like(x);
-  auto grad_v0 = at::empty({x.size(1)}, x.options());
-  const int64_t T = x.size(0), N = x.size(1);
-  if (x.numel() == 0) return {grad_x, grad_v0, at::zeros_like(decay)};
-  auto decay_partial = need_decay_grad ? at::empty({N}, decay.options()) : at::Tensor();
-  auto v_chunk = at::empty({num_checkpoint_rows(T), N}, decay.options());
+  BackwardBuffers out(x, decay, need_decay_grad);
+  if (x.numel() == 0) return out.finish(decay);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_backward_cpu", [&] {
     using S = scalar_t;
     using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
     auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
     p.decay = decay.data_ptr<A>()[0];
-    A* partial = need_decay_grad ? decay_partial.data_ptr<A>() : nullptr;
-    A* chunk = v_chunk.numel() ? v_chunk.data_ptr<A>() : nullptr;
+    A* partial = out.decay_partial_ptr<A>();
+    A* chunk = out.v_chunk_ptr<A>();
     with_surrogate(surrogate, [&](auto sg) {
       with_bool(decay_input, [&](auto di) {
         with_bool(hard_reset, [&](auto hr) {
@@ -153,20 +149,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
           constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
           if constexpr (smooth_supported<S>()) {
             if (smooth) {
-              backward_cpu_typed<S, A, SG, DI, HR, true>(grad_spikes, grad_v_last, x, v0, grad_x,
-                                                         grad_v0, partial, chunk, p);
+              backward_cpu_typed<S, A, SG, DI, HR, true>(grad_spikes, grad_v_last, x, v0, out.grad_x,
+                                                         out.grad_v0, partial, chunk, p);
               return;
             }
           }
-          backward_cpu_typed<S, A, SG, DI, HR, false>(grad_spikes, grad_v_last, x, v0, grad_x,
-                                                      grad_v0, partial, chunk, p);
+          backward_cpu_typed<S, A, SG, DI, HR, false>(grad_spikes, grad_v_last, x, v0, out.grad_x,
+                                                      out.grad_v0, partial, chunk, p);
         });
       });
     });
   });
-  auto grad_decay = need_decay_grad ? decay_partial.sum().reshape(decay.sizes())
-                                    : at::zeros_like(decay);
-  return {grad_x, grad_v0, grad_decay};
+  return out.finish(decay);
 }
 
 }  // namespace

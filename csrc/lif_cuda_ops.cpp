@@ -62,22 +62,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto grad_x = at::empty_like(x);
-  auto grad_v0 = at::empty({x.size(1)}, x.options());
-  const int64_t N = x.size(1);
-  auto decay_partial = need_decay_grad ? at::empty({N}, decay.options()) : at::Tensor();
-  auto v_chunk = at::empty({num_checkpoint_rows(x.size(0)), N}, decay.options());
+  BackwardBuffers out(x, decay, need_decay_grad);
   const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
                              surrogate, alpha);
   const char* err = cuda::backward(
       a, grad_spikes.data_ptr(), grad_v_last.data_ptr(), x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr,
-      decay.data_ptr<float>(), grad_x.data_ptr(), grad_v0.data_ptr(),
-      need_decay_grad ? decay_partial.data_ptr<float>() : nullptr,
-      v_chunk.numel() ? v_chunk.data_ptr<float>() : nullptr);
+      decay.data_ptr<float>(), out.grad_x.data_ptr(), out.grad_v0.data_ptr(),
+      out.decay_partial_ptr<float>(), out.v_chunk_ptr<float>());
   TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
-  auto grad_decay = need_decay_grad ? decay_partial.sum().reshape(decay.sizes())
-                                    : at::zeros_like(decay);
-  return {grad_x, grad_v0, grad_decay};
+  return out.finish(decay);
 }
 
 }  // namespace

@@ -13,7 +13,8 @@ from dataclasses import fields
 from tcl_fast.training.config import TrainConfig, UserError
 
 # Options that may differ from the checkpoint when resuming (they don't change the run's maths).
-_RESUME_OVERRIDABLE = {"epochs", "out", "device", "workers", "limit_batches", "progress", "backend", "data_root"}
+_RESUME_OVERRIDABLE = {"epochs", "out", "device", "workers", "limit_batches", "progress", "backend", "data_root",
+                       "skip_nonfinite"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +42,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     a("--lambda-mse", dest="lambda_mse", type=float, default=S, help="tet: weight of the MSE-to-phi term (default 0)")
     a("--phi", type=float, default=S, help="tet: MSE target phi (default 1)")
     a("--epochs", type=int, default=S, help=f"default {d.epochs}")
-    a("--batch-size", dest="batch_size", type=int, default=S, help=f"default {d.batch_size}")
+    a("--batch-size", dest="batch_size", type=int, default=S,
+      help=f"global batch; under torchrun each process takes batch-size / world size (default {d.batch_size})")
     a("--lr", type=float, default=S, help="learning rate (default 0.1 for sgd, 5e-3 for adam, 1e-3 for adamw)")
     a("--weight-decay", dest="weight_decay", type=float, default=S,
       help="default 5e-4 for sgd, 0 for adam, 1e-2 for adamw")
@@ -58,6 +60,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
       help="train on at most this many batches per epoch (quick checks)")
     a("--no-augment", dest="augment", action="store_false", default=S, help="turn off train augmentation")
     a("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars / epoch lines")
+    a("--contrast", default=S, help="under torchrun: contrastive negatives from the global batch (global) "
+                                    "or this rank's batch only (local); default global")
+    a("--sync-bn", dest="sync_bn", action="store_true", default=S,
+      help="under torchrun on CUDA: synchronise BatchNorm statistics across ranks")
+    a("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=S,
+      help="skip steps whose loss is NaN/inf (counted in the log) instead of stopping")
     p.add_argument("--resume", default=None, metavar="PATH_OR_OUTDIR", help="continue a run from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     return p
@@ -92,7 +100,7 @@ def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str | None, 
         path = resolve_checkpoint(ns.resume)
         saved = TrainConfig.from_dict(load_checkpoint(path)["config"])
     except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"--resume: {exc}") from None
     for k, v in given.items():
         if k not in _RESUME_OVERRIDABLE and getattr(saved, k) != v:
             raise UserError(f"cannot change --{k.replace('_', '-')} when resuming "

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tcl_fast.distributed import gather_for_contrast
 from tcl_fast.losses import stcl_loss, tcl_loss
 from tcl_fast.models import SNNOutput
 
 LOSSES = ("ce", "tet", "tcl", "stcl")
 CE_MODES = ("mean", "tet")
+CONTRAST_MODES = ("global", "local")
 
 
 def mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -73,12 +75,16 @@ class Objective:
     ce_mode: str = "mean"
     lambda_mse: float = 0.0
     phi: float = 1.0
+    # "global": under torchrun the contrastive term sees every rank's samples; "local": only this rank's.
+    contrast: str = "global"
 
     def __post_init__(self):
         if self.name not in LOSSES:
-            raise ValueError(f"unknown loss {self.name!r}; choose one of {', '.join(LOSSES)}")
+            raise ValueError(f"unknown loss name {self.name!r}; choose one of {', '.join(LOSSES)}")
         if self.ce_mode not in CE_MODES:
             raise ValueError(f"ce_mode must be one of {', '.join(CE_MODES)}, got {self.ce_mode!r}")
+        if self.contrast not in CONTRAST_MODES:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRAST_MODES)}, got {self.contrast!r}")
         _check_number("lambda", self.lam)
         _check_number("temperature", self.temperature, positive=True)
         _check_number("lambda_mse", self.lambda_mse)
@@ -98,9 +104,12 @@ class Objective:
                     and all(isinstance(o, SNNOutput) for o in outputs)):
                 raise TypeError("stcl needs a pair of SNNOutput (one per augmented view)")
             a, b = outputs
-            ce = 0.5 * (self._ce(a.logits, labels) + self._ce(b.logits, labels))
-            con = stcl_loss(a.features.float(), b.features.float(), labels,
-                            temperature=self.temperature)
+            ce = 0.5 * (self._ce(a.logits, labels) + self._ce(b.logits, labels))  # CE: local labels
+            # Gather both views in one call ([2T, B, D] along B) so they keep the same rank order.
+            T = a.features.shape[0]
+            both, glabels = gather_for_contrast(torch.cat([a.features.float(), b.features.float()], 0), labels,
+                                                local_only=self.contrast == "local")
+            con = stcl_loss(both[:T], both[T:], glabels, temperature=self.temperature)
             return ce + self.lam * con, {"ce": ce.detach(), "stcl": con.detach()}
         if not isinstance(outputs, SNNOutput):
             raise TypeError(f"{self.name} needs one SNNOutput, got {type(outputs).__name__}")
@@ -110,13 +119,14 @@ class Objective:
         if self.name == "tet":
             return tet_loss(outputs.logits, labels, self.lambda_mse, self.phi)
         ce = self._ce(outputs.logits, labels)
-        con = tcl_loss(outputs.features.float(), labels, temperature=self.temperature)
+        feats, glabels = gather_for_contrast(outputs.features.float(), labels, local_only=self.contrast == "local")
+        con = tcl_loss(feats, glabels, temperature=self.temperature)
         return ce + self.lam * con, {"ce": ce.detach(), "tcl": con.detach()}
 
 
 def build_objective(name: str, *, lam: float = 1.0, temperature: float = 0.1, ce_mode: str = "mean",
-                    lambda_mse: float = 0.0, phi: float = 1.0) -> Objective:
-    return Objective(name, lam, temperature, ce_mode, lambda_mse, phi)
+                    lambda_mse: float = 0.0, phi: float = 1.0, contrast: str = "global") -> Objective:
+    return Objective(name, lam, temperature, ce_mode, lambda_mse, phi, contrast)
 
 
-__all__ = ["LOSSES", "CE_MODES", "Objective", "build_objective", "mean_ce", "per_step_ce", "tet_loss"]
+__all__ = ["LOSSES", "CE_MODES", "CONTRAST_MODES", "Objective", "build_objective", "mean_ce", "per_step_ce", "tet_loss"]

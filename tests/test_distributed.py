@@ -89,6 +89,44 @@ def _ddp_step(ctx: DistContext, shards) -> dict:
             "gathered_shape": tuple(feats.shape), "is_ddp": model is not unwrap(model)}
 
 
+def _small_model() -> nn.Module:
+    """The real `small` SNN in float64 with eval-mode BN (per-sample maths, so shards can't diverge)."""
+    from tcl_fast.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("small", 3, 1, proj_dim=8, width=4).double().eval()
+
+
+def _digits_batch(b: int, view: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(2 + view)
+    return torch.rand(T, b, 1, 8, 8, generator=gen, dtype=torch.float64) * 3
+
+
+def _objective_step(model, name: str, x, xb, y) -> torch.Tensor:
+    from tcl_fast.models import SNNOutput
+    from tcl_fast.objectives import build_objective
+
+    obj = build_objective(name, lam=0.5, temperature=0.5, ce_mode="tet")
+    if name == "stcl":
+        out = model(torch.cat([x, xb], 1), T=T)
+        b = x.shape[1]
+        a_out = SNNOutput(out.logits[:, :b], out.features[:, :b])
+        b_out = SNNOutput(out.logits[:, b:], out.features[:, b:])
+        loss, _ = obj((a_out, b_out), y)
+    else:
+        loss, _ = obj(model(x, T=T), y)
+    loss.backward()
+    return loss.detach()
+
+
+def _ddp_objective(ctx: DistContext, name: str) -> dict:
+    start, stop = EQUAL[ctx.rank]
+    x, xb, y = _digits_batch(6), _digits_batch(6, 1), LABELS
+    model = wrap_model(_small_model(), ctx)
+    loss = _objective_step(model, name, x[:, start:stop], xb[:, start:stop], y[start:stop])
+    return {"loss": loss, "grads": _grads(model)}
+
+
 def _worker_main(out_dir: str) -> None:
     ctx = init_distributed("cpu", timeout=datetime.timedelta(seconds=30))
     res: dict = {"ctx": (ctx.rank, ctx.world_size, ctx.local_rank, str(ctx.device),
@@ -97,6 +135,8 @@ def _worker_main(out_dir: str) -> None:
 
     res["ddp_equal"] = _ddp_step(ctx, EQUAL)
     res["ddp_unequal"] = _ddp_step(ctx, UNEQUAL)
+    res["objective_tcl"] = _ddp_objective(ctx, "tcl")
+    res["objective_stcl"] = _ddp_objective(ctx, "stcl")
 
     # Direct gathers with shards of 3 and 2 rows. Each rank weights the gathered
     # tensor differently, so a rank's grad needs the other rank's weights too.
@@ -219,6 +259,23 @@ def test_ddp_gathered_loss_and_grads_match_single_process(results, case, shards)
             assert g.abs().max() > 1e-3  # the comparison is not vacuous
             torch.testing.assert_close(r["grads"][name], g, rtol=1e-10, atol=1e-12,
                                        msg=lambda m, name=name: f"{case} {name}: {m}")
+
+
+@pytest.mark.parametrize("name", ["tcl", "stcl"])
+def test_real_objective_on_small_model_matches_single_process(results, name):
+    """2 ranks x 3 samples with the global contrast = one process on all 6 (CE on local labels)."""
+    model = _small_model()
+    ref_loss = _objective_step(model, name, _digits_batch(6), _digits_batch(6, 1), LABELS)
+    ref_grads = _grads(model)
+    # The objective's CE is a per-rank mean (equal shards): the mean of the ranks' losses is the global one.
+    mean_loss = sum(res[f"objective_{name}"]["loss"] for res in results) / WORLD
+    torch.testing.assert_close(mean_loss, ref_loss, rtol=1e-10, atol=1e-12)
+    assert sum(g.abs().sum() for g in ref_grads.values()) > 1e-3  # not vacuous
+    for res in results:
+        got = res[f"objective_{name}"]["grads"]
+        assert got.keys() == ref_grads.keys()
+        for k, g in ref_grads.items():
+            torch.testing.assert_close(got[k], g, rtol=1e-8, atol=1e-10, msg=lambda m, k=k: f"{name} {k}: {m}")
 
 
 def test_unequal_shards_gather_values_and_grads(results):

@@ -23,7 +23,7 @@ def build_model(name: str, num_classes: int, in_channels: int, *, proj_dim: int 
                 lif_backend: str = "auto", **lif_kwargs) -> nn.Module:
     """Build a model by name; extra keyword arguments go to every ``LIFMultiStep``."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise ValueError(f"unknown model name {name!r}; choose one of {', '.join(MODELS)}")
     for what, value in (("num_classes", num_classes), ("in_channels", in_channels), ("proj_dim", proj_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{what} must be a positive int, got {value!r}")

@@ -57,6 +57,9 @@ class TrainConfig:
     limit_batches: int | None = None  # train batches per epoch (quick checks)
     augment: bool = True
     progress: bool = True
+    contrast: str = "global"  # torchrun: contrast against every rank's samples (global) or only local ones
+    sync_bn: bool = False  # torchrun on CUDA: SyncBatchNorm
+    skip_nonfinite: bool = False  # skip (and count) steps whose loss is NaN/inf instead of stopping
 
     def resolved_lr(self) -> float:
         return _DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
@@ -89,7 +92,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from tcl_fast.data import DATASETS
         from tcl_fast.models import MODELS
-        from tcl_fast.objectives import CE_MODES, LOSSES
+        from tcl_fast.objectives import CE_MODES, CONTRAST_MODES, LOSSES
 
         def choice(name, value, options):
             if value not in options:
@@ -118,6 +121,7 @@ class TrainConfig:
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("scheduler", self.scheduler, SCHEDULERS)
         choice("amp", self.amp, AMP_MODES)
+        choice("contrast", self.contrast, CONTRAST_MODES)
         choice("backend", self.backend, LIF_BACKENDS)
         integer("T", self.T)
         integer("frames", self.frames, allow_none=True)

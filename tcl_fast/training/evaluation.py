@@ -17,12 +17,14 @@ def to_time_first(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_latency(model: torch.nn.Module, loader: DataLoader, T: int, device: torch.device,
                      amp_dtype: torch.dtype | None = None, limit_batches: int | None = None,
-                     ) -> dict:
+                     ctx=None) -> dict:
     """Accuracy of the running mean of logits after t = 1..T steps.
 
     One forward with T steps suffices: every layer is causal in time (LIF) or
     per-step (Conv/BN in eval mode/Linear), so the first t steps' logits are
     exactly those of a T' = t run. ``tests/training`` checks this equivalence.
+    With a distributed ``ctx`` each rank evaluates its shard of ``loader`` and the
+    counts are summed over ranks, so every rank returns the global result.
     """
     model.eval()
     correct = torch.zeros(T, dtype=torch.long)
@@ -38,6 +40,15 @@ def evaluate_latency(model: torch.nn.Module, loader: DataLoader, T: int, device:
         correct += (running.argmax(-1) == y.unsqueeze(0)).sum(1).cpu()
         loss_sum += torch.nn.functional.cross_entropy(running[-1], y, reduction="sum").item()
         total += y.numel()
+    if ctx is not None and ctx.distributed:
+        import torch.distributed as dist
+
+        # float64 keeps the counts exact; NCCL needs the buffer on the GPU.
+        buf = torch.tensor([*correct.tolist(), loss_sum, total], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(buf)
+        vals = buf.cpu().tolist()
+        correct = torch.tensor([round(v) for v in vals[:T]], dtype=torch.long)
+        loss_sum, total = vals[T], round(vals[T + 1])
     if total == 0:
         raise ValueError("the evaluation set is empty")
     acc = (correct.double() / total * 100).tolist()

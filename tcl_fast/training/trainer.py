@@ -158,11 +158,67 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def check_model_state(model: torch.nn.Module, state_dict, what: str) -> None:
+    """Refuse a state dict whose keys or shapes differ from ``model``'s, before anything is loaded."""
+    if not isinstance(state_dict, dict):
+        raise UserError(f"{what} holds no model weights (got {type(state_dict).__name__})")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k} {tuple(state_dict[k].shape) if isinstance(state_dict[k], torch.Tensor) else '?'}"
+             f" != {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and (not isinstance(state_dict[k], torch.Tensor) or state_dict[k].shape != v.shape)]
+    if missing or unexpected or wrong:
+        def few(xs):
+            return ", ".join(xs[:3]) + (f" (+{len(xs) - 3} more)" if len(xs) > 3 else "")
+        problems = [f"{name}: {few(xs)}" for name, xs in
+                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if xs]
+        raise UserError(f"{what} is from another model and does not fit this one ("
+                        + "; ".join(problems) + "); nothing was loaded")
+
+
+def _init_context(cfg: TrainConfig):
+    """Single process, or this process's place in a torchrun job (checks that need the world size first)."""
+    from tcl_fast import distributed as tdist
+
+    raw = os.environ.get("WORLD_SIZE", "1") or "1"
+    try:
+        world = int(raw)
+    except ValueError:
+        raise UserError(f"environment variable WORLD_SIZE must be an integer (set by torchrun), got {raw!r}") from None
+    if world > 1 and cfg.batch_size % world:
+        raise UserError(f"batch-size ({cfg.batch_size}) must be divisible by the number of processes "
+                        f"({world}): each process trains on batch-size / {world} samples")
+    if world <= 1:
+        device = select_device(cfg.device)
+        ctx = tdist.DistContext(device=device)
+    else:
+        try:
+            ctx = tdist.init_distributed(cfg.device)
+        except ValueError as exc:
+            raise UserError(f"--device / torchrun environment: {exc}") from None
+    if cfg.sync_bn and ctx.device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA (SyncBatchNorm is GPU-only); drop it on CPU")
+    if cfg.amp == "fp16" and ctx.device.type != "cuda":
+        raise UserError("--amp fp16 needs a GPU; use --amp bf16 on CPU")
+    return ctx
+
+
+def _broadcast_buffers(model: torch.nn.Module, ctx) -> None:
+    # BN running statistics drift apart per rank; evaluate (and save) rank 0's everywhere.
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False) -> RunResult:
     """Train per ``cfg``; with ``resume`` (checkpoint or run folder) continue that run exactly.
 
     Writes under ``cfg.resolved_out()``: config.json, log.jsonl, metrics.csv,
     checkpoint.pt (every epoch, atomically), latency.json and latency.png.
+    Under torchrun (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes files.
     """
     cfg.validate()
     state = None
@@ -170,44 +226,65 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
         try:
             state = load_checkpoint(resume)
         except (FileNotFoundError, ValueError) as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(f"--resume: {exc}") from None
     out = cfg.resolved_out()
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
     if state is None and os.path.exists(ckpt_path) and not overwrite:
         raise UserError(f"{out!r} already holds a run; pass --resume {out} to continue it, "
                         "--overwrite to replace it, or choose another --out")
-    device = select_device(cfg.device)
+    ctx = _init_context(cfg)
+    try:
+        return _train(cfg, ctx, state, out, ckpt_path, resume)
+    finally:
+        ctx.cleanup()
+
+
+def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, resume: str | None) -> RunResult:
+    from torch.utils.data import Subset
+
+    from tcl_fast import distributed as tdist
+
+    device = ctx.device
+    main = ctx.is_main
     amp_dtype = _amp_dtype(cfg.amp)
-    if cfg.amp == "fp16" and device.type == "cpu":
-        raise UserError("--amp fp16 needs a GPU; use --amp bf16 on CPU")
-    os.makedirs(out, exist_ok=True)
 
     seed_everything(cfg.seed)
     bundle = build_data(cfg)
     if bundle.time_steps is not None and bundle.time_steps < cfg.T:
         raise UserError(f"dataset {cfg.dataset!r} gives {bundle.time_steps} frames but T={cfg.T}")
     model = build_for_config(cfg, bundle.num_classes, bundle.in_channels).to(device)
+    if state is not None:  # validate before anything is loaded or wrapped
+        check_model_state(model, state["model"], f"--resume checkpoint {resume!r}")
     objective = build_objective(cfg.loss, lam=cfg.lam, temperature=cfg.temperature, ce_mode=cfg.ce_mode,
-                                lambda_mse=cfg.lambda_mse, phi=cfg.phi)
+                                lambda_mse=cfg.lambda_mse, phi=cfg.phi, contrast=cfg.contrast)
+    if ctx.distributed:
+        # Same initial weights (seeded above), different augmentation draws per rank.
+        seed_everything(cfg.seed + 7919 * ctx.rank)
     opt = _optimizer(cfg, model)
     sched = _scheduler(cfg, opt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
+    per_rank = cfg.batch_size // ctx.world_size
     loader_gen = torch.Generator()
     pin = device.type == "cuda"
-    train_loader = DataLoader(bundle.train, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                              num_workers=cfg.workers, worker_init_fn=_seed_worker, pin_memory=pin)
-    test_loader = DataLoader(bundle.test, batch_size=max(cfg.batch_size, 256), shuffle=False,
+    sampler = tdist.build_sampler(bundle.train, ctx, shuffle=True, seed=cfg.seed)
+    train_loader = DataLoader(bundle.train, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
+                              generator=loader_gen, num_workers=cfg.workers, worker_init_fn=_seed_worker,
+                              pin_memory=pin)
+    # Evaluation is sharded too (strided, no padding: every test sample counted exactly once).
+    test_set = bundle.test if not ctx.distributed else Subset(
+        bundle.test, range(ctx.rank, len(bundle.test), ctx.world_size))
+    test_loader = DataLoader(test_set, batch_size=max(per_rank, 256), shuffle=False,
                              num_workers=cfg.workers, pin_memory=pin)
 
     history: list[dict] = []
     start_epoch = 0
     if state is not None:
+        model.load_state_dict(state["model"])
         try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UserError(f"checkpoint does not fit this model/config: {exc}") from None
-        opt.load_state_dict(state["optimizer"])
+            opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"checkpoint optimizer state does not fit this run: {exc}") from None
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
             sched.lr_lambdas[0].total = cfg.epochs  # extending --epochs stretches the cosine
@@ -215,94 +292,140 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
                 g["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        ranks_rng = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks_rng) == ctx.world_size:
+            set_rng_state(ranks_rng[ctx.rank])
+        elif main:  # another world size: the data order follows, but augmentation draws can't
+            _say(f"note: the run was saved by {len(ranks_rng)} process(es), resumed by {ctx.world_size}; "
+                 "random augmentation will differ from an uninterrupted run")
         history = list(state.get("history", []))
         start_epoch = int(state["epoch"])
-        _say(f"resuming {out} after epoch {start_epoch}")
+        if main:
+            _say(f"resuming {out} after epoch {start_epoch}")
+
+    # ce/tet never use the projection head, whose parameters then get no gradient: DDP must know.
+    extra = {"find_unused_parameters": True} if ctx.distributed and cfg.loss in ("ce", "tet") else {}
+    net = tdist.wrap_model(model, ctx, sync_bn=cfg.sync_bn, **extra)
+    bare = tdist.unwrap(net)
 
     def snapshot(epoch: int) -> None:
-        save_checkpoint({
-            "format": 1, "epoch": epoch, "config": cfg.to_dict(), "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-            "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
-        }, ckpt_path)
+        rng = rng_state()
+        ranks_rng = [rng]
+        if ctx.distributed:  # every rank's RNG (augmentation draws), so a resume is exact per rank
+            ranks_rng = [None] * ctx.world_size
+            torch.distributed.all_gather_object(ranks_rng, rng)
+        if main:
+            save_checkpoint({
+                "format": 1, "epoch": epoch, "config": cfg.to_dict(), "model": bare.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                "scaler": scaler.state_dict(), "rng": rng, "rng_ranks": ranks_rng, "history": history,
+            }, ckpt_path)
 
-    write_json(cfg.to_dict(), os.path.join(out, CONFIG_NAME))
-    _write_logs(out, history)
+    ctx.barrier()  # every rank has checked --out before rank 0 writes there
+    if main:
+        os.makedirs(out, exist_ok=True)
+        write_json(cfg.to_dict(), os.path.join(out, CONFIG_NAME))
+        _write_logs(out, history)
     if state is None:
         snapshot(0)  # so Ctrl-C during the first epoch still leaves a resumable run
 
     from tqdm.auto import tqdm
 
-    interrupted = False
+    def evaluate():
+        _broadcast_buffers(bare, ctx)
+        return evaluate_latency(bare, test_loader, cfg.T, device, amp_dtype, ctx=ctx)
+
+    progress = cfg.progress and main
     epoch = start_epoch
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             # Reseed the shuffle per epoch so a resumed run sees the same order.
             loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
-            model.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
             sums: dict[str, torch.Tensor] = {}
-            seen = 0
+            seen = skipped = 0
             correct = torch.zeros((), dtype=torch.long, device=device)
             n_batches = len(train_loader) if cfg.limit_batches is None else min(len(train_loader), cfg.limit_batches)
             bar = tqdm(itertools.islice(train_loader, n_batches), total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}",
-                       disable=not cfg.progress, leave=False, dynamic_ncols=True, file=sys.stderr)
+                       disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
             t0 = time.perf_counter()
             for i, (x, y) in enumerate(bar):
                 x, y = _to_device(x, device), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, parts, logits = _forward(model, objective, x, y, cfg.T)
+                    loss, parts, logits = _forward(net, objective, x, y, cfg.T)
+                # Every rank must take the same decision, or DDP's collectives would hang.
+                finite = torch.isfinite(loss.detach()).to(torch.int32)
+                if ctx.distributed:
+                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                ok = bool(finite.item())
+                if not ok and not cfg.skip_nonfinite:
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} in epoch {epoch}, step {i + 1}"
+                        + (" (on another rank)" if math.isfinite(loss.item()) else "")
+                        + "; try a lower --lr, or pass --skip-nonfinite to skip such steps")
                 opt.zero_grad(set_to_none=True)
+                # Backward even for a skipped step: DDP expects one after every forward.
                 scaler.scale(loss).backward()
+                if not ok:
+                    opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
                 scaler.step(opt)
                 scaler.update()
-                # Accumulate on the device; sync (.item()) only every few steps, not every step.
+                # Accumulate on the device (the finiteness check above is the one sync per step).
                 b = y.numel()
                 seen += b
                 correct += (logits.detach().float().mean(0).argmax(-1) == y).sum()
                 for k, v in (("loss", loss.detach()), *parts.items()):
                     sums[k] = sums.get(k, 0.0) + v.float() * b
-                if i % 10 == 0 or i == n_batches - 1:
-                    mean_loss = sums["loss"].item() / seen
-                    if not math.isfinite(mean_loss):
-                        raise FloatingPointError(f"loss became {mean_loss} in epoch {epoch} (by step {i}); "
-                                                 "try a lower --lr")
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
+                if progress and (i % 10 == 0 or i == n_batches - 1):
+                    bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}",
+                                    acc=f"{100 * correct.item() / seen:.1f}",
                                     sps=f"{seen / (time.perf_counter() - t0):.0f}")
             bar.close()
             train_time = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
-            ev = evaluate_latency(model, test_loader, cfg.T, device, amp_dtype)
-            sums = {k: float(v) for k, v in sums.items()}
-            row = {"epoch": epoch, "lr": lr, "train_loss": sums.get("loss", 0.0) / max(seen, 1),
-                   "train_acc": 100 * correct.item() / max(seen, 1)}
-            row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items() if k != "loss"})
+            ev = evaluate()
+            totals = tdist.reduce_metrics({"seen": seen, "skipped": skipped, "correct": correct,
+                                           **{f"sum_{k}": v for k, v in sums.items()}}, ctx)
+            n = max(totals["seen"], 1)
+            sums = {k[4:]: float(v) for k, v in totals.items() if k.startswith("sum_")}
+            row = {"epoch": epoch, "lr": lr, "train_loss": sums.get("loss", 0.0) / n,
+                   "train_acc": 100 * totals["correct"] / n}
+            row.update({f"train_{k}": v / n for k, v in sums.items() if k != "loss"})
             row.update({"test_loss": ev["loss"], "test_acc": ev["accuracy"][str(cfg.T)],
-                        "train_time_s": train_time, "samples_per_s": seen / max(train_time, 1e-9)})
+                        "skipped_steps": totals["skipped"] // ctx.world_size,  # ranks skip together "train_time_s": train_time,
+                        "samples_per_s": totals["seen"] / max(train_time, 1e-9)})
             history.append(row)
             snapshot(epoch)
-            _append_logs(out, history)
-            if cfg.progress:
+            if main:
+                _append_logs(out, history)
+            if progress:
                 _say(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.2f}%"
-                     f"  test acc {row['test_acc']:.2f}%  {row['samples_per_s']:.0f} samples/s")
+                     f"  test acc {row['test_acc']:.2f}%  {row['samples_per_s']:.0f} samples/s"
+                     + (f"  skipped {skipped} non-finite steps" if skipped else ""))
     except KeyboardInterrupt:
-        interrupted = True
         done = history[-1]["epoch"] if history else 0
-        _say(f"\ninterrupted: checkpoint of epoch {done} is in {ckpt_path}; "
-             f"continue with: tcl-fast train --resume {out}")
+        if main:
+            _say(f"\ninterrupted: checkpoint of epoch {done} is in {ckpt_path}; "
+                 f"continue with: tcl-fast train --resume {out}")
         return RunResult(out, done, history, None, interrupted=True)
 
     # The last epoch's evaluation is already the final model's table.
-    latency = ev if epoch > start_epoch else evaluate_latency(model, test_loader, cfg.T, device, amp_dtype)
+    latency = ev if epoch > start_epoch else evaluate()
     latency.update({"label": cfg.label(), "config": cfg.to_dict(), "epochs_done": epoch})
-    write_json(latency, os.path.join(out, LATENCY_JSON))
-    curve = latency_rows(latency)
-    plot_latency([(cfg.label(), curve)], os.path.join(out, LATENCY_PNG),
-                 title=f"{cfg.dataset} / {cfg.model} / {cfg.loss}")
-    print(format_table([(cfg.label(), curve)], cfg.T))
-    return RunResult(out, epoch, history, latency, interrupted)
+    if main:
+        write_json(latency, os.path.join(out, LATENCY_JSON))
+        curve = latency_rows(latency)
+        plot_latency([(cfg.label(), curve)], os.path.join(out, LATENCY_PNG),
+                     title=f"{cfg.dataset} / {cfg.model} / {cfg.loss}")
+        print(format_table([(cfg.label(), curve)], cfg.T))
+    ctx.barrier()
+    return RunResult(out, epoch, history, latency, False)
 
 
 def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = "auto",
@@ -313,7 +436,7 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
         path = resolve_checkpoint(checkpoint)
         state = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"--checkpoint: {exc}") from None
     cfg = TrainConfig.from_dict(state["config"])
     if data_root is not None:
         cfg.data_root = data_root
@@ -333,6 +456,7 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
     if bundle.time_steps is not None and bundle.time_steps < T:
         raise UserError(f"dataset gives {bundle.time_steps} frames but T={T}")
     model = build_for_config(cfg, bundle.num_classes, bundle.in_channels).to(dev)
+    check_model_state(model, state["model"], f"--checkpoint {path!r}")
     model.load_state_dict(state["model"])
     loader = DataLoader(bundle.test, batch_size=batch_size or max(cfg.batch_size, 256), shuffle=False)
     result = evaluate_latency(model, loader, T, dev, _amp_dtype(cfg.amp))

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -48,27 +49,34 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def timed(fn, device: torch.device, repeats: int, min_time: float = 0.2) -> float:
-    """Fastest of several calls, in seconds; synchronises the GPU before every clock read.
+def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: float = 0.5) -> dict:
+    """Median seconds per call of every function, measured round-robin.
 
-    The minimum, not the median: on a shared or CPU-quota-throttled machine the
-    slow samples measure the neighbours, not the kernel.
+    Each round calls every function once, so a change in what the rest of the
+    machine is doing (shared cores, CPU quota) hits all of them alike and the
+    ratios between them stay meaningful. The GPU is synchronised before every
+    clock read.
     """
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn()  # warm-up (and compilation)
-    sync()
-    samples = []
-    start_all = time.perf_counter()
-    while len(samples) < repeats or (time.perf_counter() - start_all < min_time and len(samples) < 50):
-        sync()
-        t0 = time.perf_counter()
+    for fn in fns.values():  # warm-up (and compilation)
         fn()
-        sync()
-        samples.append(time.perf_counter() - t0)
-    return min(samples)
+    sync()
+    samples = {name: [] for name in fns}
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            samples[name].append(time.perf_counter() - t0)
+        done = len(samples[next(iter(fns))])
+        if done >= rounds and (time.perf_counter() - start >= min_time or done >= 4 * rounds):
+            break
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
@@ -144,27 +152,28 @@ def main(argv=None) -> int:
                 esize = x.element_size()
                 # clone, not copy_ into a kept buffer: every backend allocates its
                 # outputs per call, so the copy baseline pays for allocation too.
-                copy_s = timed(lambda: x.clone(), device, args.repeats)
-                copy_bw = 2 * x.numel() * esize / copy_s
-                results = {}
+                fns = {"copy": lambda: x.clone()}
                 for bname, fn in backends.items():
-                    def forward():
+                    def forward(fn=fn):
                         with torch.no_grad():
                             fn(x)
 
                     xg = x.detach().clone().requires_grad_()
 
-                    def forward_backward():
+                    def forward_backward(fn=fn, xg=xg):
                         xg.grad = None
                         fn(xg).backward(grad)
 
-                    try:
-                        fwd_s = timed(forward, device, args.repeats)
-                        fb_s = timed(forward_backward, device, args.repeats)
-                    except Exception as exc:  # report, don't abort the whole table
-                        print(f"{dtype_name:>8} {T:>3} {N:>9} {bname:>22}  failed: {type(exc).__name__}: {exc}")
-                        continue
-                    results[bname] = (fwd_s, fb_s)
+                    fns[(bname, "fwd")] = forward
+                    fns[(bname, "fb")] = forward_backward
+                try:
+                    medians = interleaved_medians(fns, device, args.repeats)
+                except Exception as exc:  # report, don't abort the whole table
+                    print(f"{dtype_name:>8} {T:>3} {N:>9}  failed: {type(exc).__name__}: {exc}")
+                    continue
+                copy_s = medians["copy"]
+                copy_bw = 2 * x.numel() * esize / copy_s
+                results = {b: (medians[(b, "fwd")], medians[(b, "fb")]) for b in backends}
                 base_fwd, base_fb = results.get("torch", (float("nan"), float("nan")))
                 for bname, (fwd_s, fb_s) in results.items():
                     fwd_bw = 2 * x.numel() * esize / fwd_s

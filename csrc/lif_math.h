@@ -26,7 +26,9 @@
 #define TCL_UNROLL _Pragma("unroll")
 #define TCL_SIMD
 #else
-#define TCL_HD inline
+// always_inline: the CPU kernel's AVX2 clone (lif_cpu.cpp) must get its own
+// inlined, 8-wide copy of the drivers, not a call into the baseline build.
+#define TCL_HD inline __attribute__((always_inline))
 #define TCL_UNROLL
 #if defined(_OPENMP)
 #define TCL_SIMD _Pragma("omp simd")

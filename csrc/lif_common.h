@@ -76,11 +76,6 @@ inline void with_surrogate(int64_t id, F&& f) {
   }
 }
 
-template <typename S>
-const S* optional_data(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<S>() : nullptr;
-}
-
 // Number of chunk-start checkpoints the backward needs (see backward_neurons).
 inline int64_t num_checkpoint_rows(int64_t T) {
   return (T + kTimeChunk - 1) / kTimeChunk - 1;

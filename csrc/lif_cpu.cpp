@@ -11,6 +11,37 @@ namespace tcl_fast {
 namespace lif {
 namespace {
 
+// bfloat16 storage with conversions in plain integer arithmetic, so the lane
+// loops vectorise (c10::BFloat16's conversions do not); round to nearest even,
+// NaN kept NaN, exactly like c10.
+struct BFloat16Bits {
+  uint16_t bits;
+  BFloat16Bits() = default;
+  inline __attribute__((always_inline)) BFloat16Bits(float f) {
+    const uint32_t u = __builtin_bit_cast(uint32_t, f);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan_mask = 0u - static_cast<uint32_t>((u & 0x7FFFFFFFu) > 0x7F800000u);
+    bits = static_cast<uint16_t>((((u >> 16) | 0x40u) & nan_mask) | (rounded & ~nan_mask));  // branch-free
+  }
+  inline __attribute__((always_inline)) explicit operator float() const {
+    return __builtin_bit_cast(float, static_cast<uint32_t>(bits) << 16);
+  }
+};
+static_assert(sizeof(BFloat16Bits) == sizeof(at::BFloat16), "bfloat16 storage");
+
+// The element type the kernels see for each tensor dtype.
+template <typename T>
+using KernelStorage = std::conditional_t<std::is_same<T, at::BFloat16>::value, BFloat16Bits, T>;
+
+template <typename S>
+const S* data_as(const at::Tensor& t) { return static_cast<const S*>(t.const_data_ptr()); }
+template <typename S>
+S* mutable_data_as(at::Tensor& t) { return static_cast<S*>(t.mutable_data_ptr()); }
+template <typename S>
+const S* optional_data_as(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? data_as<S>(*t) : nullptr;
+}
+
 constexpr int kLanes = 128;               // neurons per vectorised group
 constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
 
@@ -59,10 +90,10 @@ template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
 void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
                        at::Tensor& v_last, const Params<A>& p) {
   const int64_t T = x.size(0), N = x.size(1);
-  const S* xp = x.data_ptr<S>();
-  const S* v0p = optional_data<S>(v0);
-  S* sp = spikes.data_ptr<S>();
-  S* vp = v_last.data_ptr<S>();
+  const S* xp = data_as<S>(x);
+  const S* v0p = optional_data_as<S>(v0);
+  S* sp = mutable_data_as<S>(spikes);
+  S* vp = mutable_data_as<S>(v_last);
   at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
     forward_groups<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
   });
@@ -74,12 +105,12 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const at::Tensor& grad_v_
                         at::Tensor& grad_v0, A* grad_decay_partial, A* v_chunk,
                         const Params<A>& p) {
   const int64_t T = x.size(0), N = x.size(1);
-  const S* gsp = grad_spikes.data_ptr<S>();
-  const S* gvp = grad_v_last.data_ptr<S>();
-  const S* xp = x.data_ptr<S>();
-  const S* v0p = optional_data<S>(v0);
-  S* gxp = grad_x.data_ptr<S>();
-  S* gv0p = grad_v0.data_ptr<S>();
+  const S* gsp = data_as<S>(grad_spikes);
+  const S* gvp = data_as<S>(grad_v_last);
+  const S* xp = data_as<S>(x);
+  const S* v0p = optional_data_as<S>(v0);
+  S* gxp = mutable_data_as<S>(grad_x);
+  S* gv0p = mutable_data_as<S>(grad_v0);
   at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
     backward_groups<S, A, SG, DI, HR, SM>(gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk,
                                          T, N, g0, g1, p);
@@ -101,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
   auto v_last = at::empty({x.size(1)}, x.options());
   if (x.numel() == 0) return {spikes, v_last};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward_cpu", [&] {
-    using S = scalar_t;
+    using S = KernelStorage<scalar_t>;
     using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
     auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
     p.decay = decay.data_ptr<A>()[0];
@@ -136,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   BackwardBuffers out(x, decay, need_decay_grad);
   if (x.numel() == 0) return out.finish(decay);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_backward_cpu", [&] {
-    using S = scalar_t;
+    using S = KernelStorage<scalar_t>;
     using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
     auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
     p.decay = decay.data_ptr<A>()[0];

@@ -13,20 +13,26 @@ namespace {
 
 // bfloat16 storage with conversions in plain integer arithmetic, so the lane
 // loops vectorise (c10::BFloat16's conversions do not); round to nearest even,
-// NaN kept NaN, exactly like c10.
+// NaN kept NaN, exactly like c10. The drivers find its store_as overload by
+// argument-dependent lookup.
 struct BFloat16Bits {
   uint16_t bits;
-  BFloat16Bits() = default;
-  inline __attribute__((always_inline)) BFloat16Bits(float f) {
-    const uint32_t u = __builtin_bit_cast(uint32_t, f);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t nan_mask = 0u - static_cast<uint32_t>((u & 0x7FFFFFFFu) > 0x7F800000u);
-    bits = static_cast<uint16_t>((((u >> 16) | 0x40u) & nan_mask) | (rounded & ~nan_mask));  // branch-free
-  }
   inline __attribute__((always_inline)) explicit operator float() const {
     return __builtin_bit_cast(float, static_cast<uint32_t>(bits) << 16);
   }
 };
+
+inline __attribute__((always_inline)) uint16_t bfloat16_bits_of(float f) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, f);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan_mask = 0u - static_cast<uint32_t>((u & 0x7FFFFFFFu) > 0x7F800000u);
+  return static_cast<uint16_t>((((u >> 16) | 0x40u) & nan_mask) | (rounded & ~nan_mask));
+}
+
+// Writes the bits straight into the tensor: no temporary struct in the lane loop.
+inline __attribute__((always_inline)) void store_as(BFloat16Bits& dst, float value) {
+  dst.bits = bfloat16_bits_of(value);
+}
 static_assert(sizeof(BFloat16Bits) == sizeof(at::BFloat16), "bfloat16 storage");
 
 // The element type the kernels see for each tensor dtype.

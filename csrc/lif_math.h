@@ -180,6 +180,12 @@ TCL_HD A grad_v_prev_from_h(A gh, const Params<A>& p) {
   return gh * (A(1) - p.decay);
 }
 
+// Store a value of the accumulation type into storage type S. A storage type
+// can provide its own store_as overload (found by argument-dependent lookup),
+// e.g. to write its bits directly so the lane loop vectorises.
+template <typename S, typename A>
+TCL_HD void store_as(S& dst, A value) { dst = static_cast<S>(value); }
+
 // ---- whole-sequence drivers -------------------------------------------------
 // A driver runs LANES neighbouring neurons over all T steps; v0 == nullptr
 // means every membrane starts at v_reset. Neuron l of the
@@ -207,11 +213,11 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
       const A h = charge<A, DecayInput>(v[l], static_cast<A>(xt[l]), p);
       const A s = fire<A, SG, Smooth>(h, p);
       v[l] = reset<A, HardReset>(h, s, p);
-      st[l] = static_cast<S>(s);
+      store_as(st[l], s);
     }
   }
   TCL_SIMD
-  for (int l = 0; l < LANES; ++l) v_last[l] = static_cast<S>(v[l]);
+  for (int l = 0; l < LANES; ++l) store_as(v_last[l], v[l]);
 }
 
 // grad_decay_partial (nullable) receives this group's sum over time of
@@ -282,7 +288,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
           const A hv = h[j][l];
           const A gh = grad_h<A, SG, HardReset>(static_cast<A>(gst[l]), gv[l], hv,
                                                 fire<A, SG, Smooth>(hv, p), p);
-          gxt[l] = static_cast<S>(grad_x_from_h<A, DecayInput>(gh, p));
+          store_as(gxt[l], grad_x_from_h<A, DecayInput>(gh, p));
           gk[l] += gh * dh_dk[j][l];
           gv[l] = grad_v_prev_from_h(gh, p);
         }
@@ -290,7 +296,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
     }
   }
   TCL_SIMD
-  for (int l = 0; l < LANES; ++l) grad_v0[l] = static_cast<S>(gv[l]);
+  for (int l = 0; l < LANES; ++l) store_as(grad_v0[l], gv[l]);
   if (need_decay_grad) {
     TCL_SIMD
     for (int l = 0; l < LANES; ++l) grad_decay_partial[l] = gk[l];

@@ -6,6 +6,7 @@
 
 #include <type_traits>
 
+#include "lif_dispatch.h"
 #include "lif_math.h"
 
 namespace tcl_fast {
@@ -55,25 +56,6 @@ inline Params<A> make_params(double v_threshold, double v_reset, double alpha, b
   p.alpha = static_cast<A>(alpha);
   p.detach_reset = detach_reset;
   return p;
-}
-
-// Runtime flags -> template arguments, e.g.
-//   with_bool(decay_input, [&](auto di) { kernel<decltype(di)::value>(); });
-template <typename F>
-inline void with_bool(bool flag, F&& f) {
-  if (flag) f(std::true_type{});
-  else f(std::false_type{});
-}
-
-template <typename F>
-inline void with_surrogate(int64_t id, F&& f) {
-  switch (id) {
-    case kSigmoid: f(std::integral_constant<int, kSigmoid>{}); break;
-    case kATan: f(std::integral_constant<int, kATan>{}); break;
-    case kTriangle: f(std::integral_constant<int, kTriangle>{}); break;
-    case kRectangle: f(std::integral_constant<int, kRectangle>{}); break;
-    default: TORCH_CHECK(false, "tcl_fast::lif: unknown surrogate id ", id);
-  }
 }
 
 // Number of chunk-start checkpoints the backward needs (see backward_neurons).

@@ -147,9 +147,10 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
         constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
         if constexpr (smooth_supported<S>()) {
           if (smooth) {
-            with_surrogate(surrogate, [&](auto sg) {
+            const bool known = with_surrogate(surrogate, [&](auto sg) {
               forward_cpu_typed<S, A, decltype(sg)::value, DI, HR, true>(x, v0, spikes, v_last, p);
             });
+            TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
             return;
           }
         }
@@ -179,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
     p.decay = decay.data_ptr<A>()[0];
     A* partial = out.decay_partial_ptr<A>();
     A* chunk = out.v_chunk_ptr<A>();
-    with_surrogate(surrogate, [&](auto sg) {
+    const bool known = with_surrogate(surrogate, [&](auto sg) {
       with_bool(decay_input, [&](auto di) {
         with_bool(hard_reset, [&](auto hr) {
           constexpr int SG = decltype(sg)::value;
@@ -196,6 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
         });
       });
     });
+    TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
   });
   return out.finish(decay);
 }

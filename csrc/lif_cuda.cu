@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "lif_cuda.h"
+#include "lif_dispatch.h"
 #include "lif_math.h"
 
 namespace tcl_fast {
@@ -80,22 +81,6 @@ void with_storage_type(DType d, F&& f) {
   }
 }
 
-template <typename F>
-void with_bool(bool b, F&& f) {
-  if (b) f(std::true_type{});
-  else f(std::false_type{});
-}
-
-template <typename F>
-void with_surrogate(int id, F&& f) {
-  switch (id) {
-    case kATan: f(std::integral_constant<int, kATan>{}); break;
-    case kTriangle: f(std::integral_constant<int, kTriangle>{}); break;
-    case kRectangle: f(std::integral_constant<int, kRectangle>{}); break;
-    default: f(std::integral_constant<int, kSigmoid>{}); break;
-  }
-}
-
 const char* last_error() {
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
@@ -130,9 +115,10 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
   if (a.N == 0) return nullptr;
   const auto stream = static_cast<cudaStream_t>(a.stream);
   const Params<float> p = params_of(a);
+  bool known_surrogate = true;
   with_storage_type(a.dtype, [&](auto tag) {
     using S = decltype(tag);
-    with_surrogate(a.surrogate, [&](auto sg) {
+    known_surrogate = with_surrogate(a.surrogate, [&](auto sg) {
       with_bool(a.decay_input, [&](auto di) {
         with_bool(a.hard_reset, [&](auto hr) {
           backward_kernel<S, decltype(sg)::value, decltype(di)::value, decltype(hr)::value>
@@ -144,6 +130,7 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
       });
     });
   });
+  if (!known_surrogate) return "unknown surrogate id";
   return last_error();
 }
 

@@ -6,8 +6,7 @@ import math
 import torch
 from torch import nn
 
-from tcl_fast.ops.lif import BACKENDS, lif_multistep
-from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES
+from tcl_fast.ops.lif import BACKENDS, check_neuron_params, lif_multistep, validate_decay
 
 
 class LIFMultiStep(nn.Module):
@@ -23,26 +22,19 @@ class LIFMultiStep(nn.Module):
                  decay_input: bool = True, detach_reset: bool = False, surrogate: str = "sigmoid",
                  alpha: float | None = None, learnable_tau: bool = False, backend: str = "auto"):
         super().__init__()
-        if surrogate not in SURROGATES:
-            raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-            raise TypeError(f"tau must be a float, got {type(tau).__name__}")
-        if not (tau >= 1 and math.isfinite(tau)):
-            raise ValueError(f"tau must be >= 1 and finite, got {tau}")
+        alpha, v_threshold, _ = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
+        validate_decay(tau)  # fail at construction, not at the first forward
         if learnable_tau and tau <= 1:
             raise ValueError(f"learnable_tau needs tau > 1 (w = -log(tau - 1)), got {tau}")
-        v_r = 0.0 if v_reset is None else float(v_reset)
-        if not v_threshold > v_r:
-            raise ValueError(f"v_threshold ({v_threshold}) must be greater than v_reset ({v_r})")
         self.tau = float(tau)
-        self.v_threshold = float(v_threshold)
+        self.v_threshold = v_threshold
         self.v_reset = None if v_reset is None else float(v_reset)
         self.decay_input = bool(decay_input)
         self.detach_reset = bool(detach_reset)
         self.surrogate = surrogate
-        self.alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
+        self.alpha = alpha
         self.learnable_tau = bool(learnable_tau)
         self.backend = backend
         if learnable_tau:

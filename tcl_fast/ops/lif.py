@@ -135,7 +135,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     return "torch"
 
 
-def _validate_decay(tau, decay):
+def validate_decay(tau, decay=None):
     """Return k = 1/tau as a float or a tensor; raise on values that make no LIF."""
     if decay is not None:
         if isinstance(decay, torch.Tensor):
@@ -156,6 +156,31 @@ def _validate_decay(tau, decay):
             f"tau must be >= 1, got {tau}: with tau < 1 the leak 1/tau > 1 overshoots v_reset"
         )
     return 1.0 / tau
+
+
+def check_neuron_params(surrogate: str, alpha: float | None, v_threshold: float,
+                        v_reset: float | None) -> tuple[float, float, float]:
+    """Validate the neuron's firing parameters (shared by ``LIFMultiStep``).
+
+    Returns ``(alpha, v_threshold, v_r)`` with alpha's default filled in and
+    v_r the membrane's rest value (0 for the soft reset, ``v_reset=None``).
+    """
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
+    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be positive and finite, got {alpha}")
+    v_threshold = float(v_threshold)
+    hard_reset = v_reset is not None
+    v_r = float(v_reset) if hard_reset else 0.0
+    if not (math.isfinite(v_threshold) and math.isfinite(v_r)):
+        raise ValueError("v_threshold and v_reset must be finite")
+    if v_threshold <= v_r:
+        raise ValueError(
+            f"v_threshold ({v_threshold}) must be greater than "
+            f"{'v_reset' if hard_reset else '0 (soft reset)'} ({v_r})"
+        )
+    return alpha, v_threshold, v_r
 
 
 def lif_multistep(
@@ -189,22 +214,9 @@ def lif_multistep(
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError("x has T = 0 time steps; need T >= 1")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
-    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be positive and finite, got {alpha}")
-    k = _validate_decay(tau, decay)
-    v_threshold = float(v_threshold)
+    alpha, v_threshold, v_r = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
     hard_reset = v_reset is not None
-    v_r = float(v_reset) if hard_reset else 0.0
-    if not (math.isfinite(v_threshold) and math.isfinite(v_r)):
-        raise ValueError("v_threshold and v_reset must be finite")
-    if v_threshold <= v_r:
-        raise ValueError(
-            f"v_threshold ({v_threshold}) must be greater than "
-            f"{'v_reset' if hard_reset else '0 (soft reset)'} ({v_r})"
-        )
+    k = validate_decay(tau, decay)
     neuron_shape = x.shape[1:]
     if v0 is not None:
         if not isinstance(v0, torch.Tensor):

@@ -3,34 +3,61 @@
 # network, whose Python already has torch (+ triton):
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]       # default benchmarks/results/gpu
+#   FULL=1 bash benchmarks/gpu_check.sh OUTDIR  # the benchmarks' full default sweeps
 #
 # Builds tcl_fast against the torch there (--no-build-isolation), runs the
 # CUDA/Triton tests, then the LIF and supervised-contrastive benchmarks, and
-# leaves logs + JSON in OUTDIR. Wheels placed in ./.whl (e.g. spikingjelly for
-# side-by-side numbers) are installed first, offline.
+# leaves logs + JSON in OUTDIR (at most 5 files, so a lent machine can return
+# them all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side
+# numbers) are installed first, offline. Each stage has its own time limit so a
+# slow stage cannot eat the later ones; by default the benchmarks run a lean
+# sweep that fits a short lease (SpikingJelly's own shape, 64x65536 fp16, in full).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TCL_FAST_EXPECT_CUDA_KERNELS=1
+T_TESTS=${T_TESTS:-240} T_LIF=${T_LIF:-200} T_SUPCON=${T_SUPCON:-120}
 status=0
+stage() { echo; echo "=== $* ($(date -u +%T))"; }
 {
-  date -u; nvidia-smi || true
+  stage environment
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
   python -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
   python -c "import triton; print('triton', triton.__version__)" || true
-} > "$OUT/environment.txt" 2>&1
-cat "$OUT/environment.txt"
+} 2>&1 | tee "$LOG"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python -m pip install -q --no-index --no-deps --target /tmp/tcl_fast_site .whl/*.whl && export PYTHONPATH=/tmp/tcl_fast_site:${PYTHONPATH:-}
+  python -m pip install -q --no-index --no-deps --no-compile --target /tmp/tcl_fast_site .whl/*.whl \
+    && export PYTHONPATH=/tmp/tcl_fast_site:${PYTHONPATH:-}
 fi
+stage build | tee -a "$LOG"
 MAX_JOBS=${MAX_JOBS:-16} python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
-  || { echo "build failed, see $OUT/build.log"; tail -40 "$OUT/build.log"; exit 1; }
-python -c "from tcl_fast import _extension as e; assert e.has_cuda_kernels(), 'no CUDA kernels'; print('CUDA kernels: ok')" || status=1
-python -m pytest tests/ops tests/losses tests/test_build.py -q -rs 2>&1 | tee "$OUT/tests.log"
+  || { echo "build failed, see $OUT/build.log" | tee -a "$LOG"; tail -40 "$OUT/build.log"; exit 1; }
+tail -3 "$OUT/build.log" | tee -a "$LOG"
+python -c "from tcl_fast import _extension as e; assert e.has_cuda_kernels(), 'no CUDA kernels'; print('CUDA kernels: ok')" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-python benchmarks/bench_lif.py --out "$OUT/lif_cuda.json" 2>&1 | tee "$OUT/bench_lif.txt"
+
+stage tests | tee -a "$LOG"
+XDIST=""
+python -c "import xdist" 2>/dev/null && XDIST="-n 8"
+timeout "$T_TESTS" python -m pytest tests/ops tests/losses tests/test_build.py -q -rs $XDIST > "$OUT/tests.log" 2>&1
+[ $? -eq 0 ] || status=1
+grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 | tee -a "$LOG"; tail -3 "$OUT/tests.log" | tee -a "$LOG"
+
+stage bench_lif | tee -a "$LOG"
+if [ -n "${FULL:-}" ]; then LIF_ARGS=(); else
+  LIF_ARGS=(--dtypes float16 float32 bfloat16 --neurons 4194304 --T 4 8 16 32 --no-compile); fi
+timeout "$T_LIF" python benchmarks/bench_lif.py "${LIF_ARGS[@]}" --out "$OUT/lif_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-python benchmarks/bench_supcon.py --device cuda --out "$OUT/supcon_cuda.json" 2>&1 | tee "$OUT/bench_supcon.txt"
+
+[ -n "${SKIP_SUPCON:-}" ] && { echo "gpu_check: results in $OUT (status $status, supcon skipped)" | tee -a "$LOG"; exit $status; }
+stage bench_supcon | tee -a "$LOG"
+if [ -n "${FULL:-}" ]; then SC_ARGS=(); else
+  read -r -a SC_ARGS <<< "${SUPCON_ARGS:---sizes 16384 65536 --dims 128 --dtypes bfloat16 --methods naive fused matmul}"; fi
+timeout "$T_SUPCON" python benchmarks/bench_supcon.py --device cuda "${SC_ARGS[@]}" --out "$OUT/supcon_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-echo "gpu_check: results in $OUT (status $status)"
+
+echo "gpu_check: results in $OUT (status $status)" | tee -a "$LOG"
 exit $status

@@ -35,6 +35,13 @@ static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types"
 
 constexpr int kThreads = 256;
 
+// This thread's element of an optional per-neuron array. nullptr must stay
+// nullptr: `nullptr + n` is a non-null wild pointer the drivers would read.
+template <typename P>
+__device__ __forceinline__ P* at_neuron(P* base, int64_t n) {
+  return base ? base + n : nullptr;
+}
+
 template <typename S, bool DI, bool HR>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ spikes,
@@ -43,7 +50,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   p.decay = *decay;
-  forward_neurons<float, kSigmoid, DI, HR, false, 1>(x + n, v0 + n, spikes + n, v_last + n, T, N, p);
+  forward_neurons<float, kSigmoid, DI, HR, false, 1>(x + n, at_neuron(v0, n), spikes + n, v_last + n,
+                                                     T, N, p);
 }
 
 template <typename S, int SG, bool DI, bool HR>
@@ -57,9 +65,8 @@ __global__ void __launch_bounds__(kThreads)
   if (n >= N) return;
   p.decay = *decay;
   backward_neurons<float, SG, DI, HR, false, 1>(
-      grad_spikes + n, grad_v_last + n, x + n, v0 + n, grad_x + n, grad_v0 + n,
-      grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr, T,
-      N, p);
+      grad_spikes + n, grad_v_last + n, x + n, at_neuron(v0, n), grad_x + n, grad_v0 + n,
+      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
 }
 
 Params<float> params_of(const LaunchArgs& a) {

@@ -79,6 +79,72 @@ def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def spikingjelly_backends(device: torch.device, dtype: torch.dtype) -> dict:
+    """SpikingJelly 2.x's multi-step LIF, each implementation it can run here.
+
+    Called through ``functional.lif_multi_step`` with a float32 membrane: that is
+    the route to SpikingJelly's kernels for every input dtype (its ``LIFNode``
+    keeps the membrane in the input dtype, and a 16-bit membrane falls back to
+    its Python reference). On CUDA, SpikingJelly picks one implementation per
+    process (env SJ_LIF_CUDA_IMPLEMENTATION: native ``cuda`` when its extension
+    was built from source, else ``triton``, else ``torch``); to time each one
+    side by side we select each once and swap the cached selection in before
+    every call (a private detail of SpikingJelly 2.0, so any failure just skips
+    that implementation, with the reason printed once).
+    """
+    try:
+        from spikingjelly.activation_based import functional as sjf
+    except ImportError:
+        return {}
+    if not hasattr(sjf, "lif_multi_step"):
+        print("spikingjelly: no functional.lif_multi_step (need SpikingJelly 2.x); skipped")
+        return {}
+
+    def make_run(before=None):
+        def run(x):
+            if before is not None:
+                before()
+            v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
+            return sjf.lif_multi_step(x, v, 2.0, True, 1.0, 0.0, None, False, False)[0]
+        return run
+
+    if device.type != "cuda":
+        return {"spikingjelly": make_run()}
+    try:
+        from spikingjelly._ops.lif import _selection as selection
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        requested = selection._requested
+    except Exception as exc:  # noqa: BLE001 - a different SpikingJelly layout
+        print(f"spikingjelly: cannot select implementations ({exc!r}); timing its default")
+        return {"spikingjelly": make_run()}
+    out = {}
+    for name in ("cuda", "triton", "torch"):
+        try:
+            selection._requested = name
+            selection._selections.pop(index, None)
+            chosen = selection._get_cuda_selection(device)
+            if chosen.name != name:
+                raise RuntimeError(f"selected {chosen.name}")
+
+            def swap_in(chosen=chosen):
+                selection._selections[index] = chosen
+
+            run = make_run(swap_in)
+            run(torch.zeros(2, 4, device=device, dtype=dtype))
+            out[f"spikingjelly-{name}"] = run
+        except Exception as exc:  # noqa: BLE001 - report and carry on
+            if name not in _SJ_REPORTED:
+                _SJ_REPORTED.add(name)
+                print(f"spikingjelly-{name}: unavailable here ({str(exc).splitlines()[0][:160]})")
+        finally:
+            selection._requested = requested
+            selection._selections.pop(index, None)
+    return out
+
+
+_SJ_REPORTED: set = set()
+
+
 def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
     """name -> callable(x) returning spikes; only those that run here."""
     backends = {"torch": lambda x: lif_multistep_reference(x)[0]}
@@ -87,25 +153,7 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
     for name in ("cpp", "cuda", "triton"):
         if backend_available(name, device, dtype):
             backends[name] = (lambda b: lambda x: tcl_fast.lif_multistep(x, backend=b))(name)
-    try:
-        from spikingjelly.activation_based import neuron
-    except ImportError:
-        pass
-    else:
-        sj_backends = ["torch"] + (["cupy", "triton"] if device.type == "cuda" else [])
-        for sj in sj_backends:
-            try:
-                node = neuron.LIFNode(tau=2.0, step_mode="m", backend=sj).to(device)
-                node(torch.zeros(2, 4, device=device, dtype=dtype))
-                node.reset()
-            except Exception:  # that SpikingJelly backend is not installed here
-                continue
-
-            def run(x, node=node):
-                node.reset()
-                return node(x)
-
-            backends[f"spikingjelly-{sj}"] = run
+    backends.update(spikingjelly_backends(device, dtype))
     return backends
 
 

@@ -42,9 +42,10 @@ python -c "from tcl_fast import _extension as e; assert e.has_cuda_kernels(), 'n
 stage tests | tee -a "$LOG"
 XDIST=""
 python -c "import xdist" 2>/dev/null && XDIST="-n 8"
-timeout "$T_TESTS" python -m pytest tests/ops tests/losses tests/test_build.py -q -rs $XDIST > "$OUT/tests.log" 2>&1
+python -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 120"
+timeout "$T_TESTS" python -m pytest tests/ops tests/losses tests/test_build.py -v -rfEs $XDIST > "$OUT/tests.log" 2>&1
 [ $? -eq 0 ] || status=1
-grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40 | tee -a "$LOG"; tail -3 "$OUT/tests.log" | tee -a "$LOG"
+grep -E " (FAILED|ERROR) " "$OUT/tests.log" | head -40 | tee -a "$LOG"; tail -3 "$OUT/tests.log" | tee -a "$LOG"
 
 stage bench_lif | tee -a "$LOG"
 if [ -n "${FULL:-}" ]; then LIF_ARGS=(); else

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "lif_common.h"
+#include "lif_threads.h"
 
 namespace tcl_fast {
 namespace lif {
@@ -202,11 +203,88 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   return out.finish(decay);
 }
 
+// ---- the CUDA kernels' thread mapping, run on the CPU (tests only) ----------
+// Same schema as lif_forward / lif_backward, float32 only: every "thread" of
+// the grid lif_cuda.cu would launch runs forward_thread / backward_thread from
+// lif_threads.h, with the lanes the launcher would pick. Serial and slow.
+std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
+    double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
+    double alpha, bool smooth) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && !smooth, "_lif_forward_gpu_threads: float32 only");
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty({x.size(1)}, x.options());
+  auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
+  p.decay = decay.data_ptr<float>()[0];
+  const int64_t T = x.size(0), N = x.size(1);
+  const float* xp = data_as<float>(x);
+  const float* v0p = optional_data_as<float>(v0);
+  float* sp = mutable_data_as<float>(spikes);
+  float* vp = mutable_data_as<float>(v_last);
+  const int lanes = forward_thread_lanes<float>(N, xp, sp);
+  with_bool(decay_input, [&](auto di) {
+    with_bool(hard_reset, [&](auto hr) {
+      constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+      for (int64_t t = 0; t * lanes < N; ++t) {
+        if (lanes == kForwardLanes<float>)
+          forward_thread<float, kForwardLanes<float>, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
+        else
+          forward_thread<float, 1, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
+      }
+    });
+  });
+  return {spikes, v_last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
+    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    bool smooth, bool need_decay_grad) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  check_backward_inputs(grad_spikes, grad_v_last, x);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && !smooth, "_lif_backward_gpu_threads: float32 only");
+  BackwardBuffers out(x, decay, need_decay_grad);
+  auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
+  p.decay = decay.data_ptr<float>()[0];
+  const int64_t T = x.size(0), N = x.size(1);
+  const float* gsp = data_as<float>(grad_spikes);
+  const float* gvp = data_as<float>(grad_v_last);
+  const float* xp = data_as<float>(x);
+  const float* v0p = optional_data_as<float>(v0);
+  float* gxp = out.grad_x.data_ptr<float>();
+  float* gv0p = out.grad_v0.data_ptr<float>();
+  float* partial = out.decay_partial_ptr<float>();
+  float* chunk = out.v_chunk_ptr<float>();
+  const int lanes = backward_thread_lanes<float>(N, partial != nullptr, gsp, xp, gxp);
+  const bool known = with_surrogate(surrogate, [&](auto sg) {
+    with_bool(decay_input, [&](auto di) {
+      with_bool(hard_reset, [&](auto hr) {
+        constexpr int SG = decltype(sg)::value;
+        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+        for (int64_t t = 0; t * lanes < N; ++t) {
+          if (lanes == kBackwardLanes)
+            backward_thread<float, kBackwardLanes, false, SG, DI, HR>(
+                t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr, chunk, T, N, p);
+          else
+            backward_thread<float, 1, true, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, partial,
+                                                        chunk, T, N, p);
+        }
+      });
+    });
+  });
+  TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
+  return out.finish(decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tcl_fast, CPU, m) {
   m.impl("lif_forward", &lif_forward_cpu);
   m.impl("lif_backward", &lif_backward_cpu);
+  m.impl("_lif_forward_gpu_threads", &lif_forward_gpu_threads);
+  m.impl("_lif_backward_gpu_threads", &lif_backward_gpu_threads);
 }
 
 }  // namespace lif

@@ -11,6 +11,7 @@
 #include "lif_cuda.h"
 #include "lif_dispatch.h"
 #include "lif_math.h"
+#include "lif_threads.h"
 
 namespace tcl_fast {
 namespace lif {
@@ -35,38 +36,27 @@ static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types"
 
 constexpr int kThreads = 256;
 
-// This thread's element of an optional per-neuron array. nullptr must stay
-// nullptr: `nullptr + n` is a non-null wild pointer the drivers would read.
-template <typename P>
-__device__ __forceinline__ P* at_neuron(P* base, int64_t n) {
-  return base ? base + n : nullptr;
-}
-
-template <typename S, bool DI, bool HR>
+template <typename S, int LANES, bool DI, bool HR>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ spikes,
                    S* __restrict__ v_last, const float* __restrict__ decay, int64_t T, int64_t N,
                    Params<float> p) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
   p.decay = *decay;
-  forward_neurons<float, kSigmoid, DI, HR, false, 1>(x + n, at_neuron(v0, n), spikes + n, v_last + n,
-                                                     T, N, p);
+  forward_thread<S, LANES, DI, HR>(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                                   x, v0, spikes, v_last, T, N, p);
 }
 
-template <typename S, int SG, bool DI, bool HR>
+template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                     const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ grad_x,
                     S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,
                     float* __restrict__ v_chunk, const float* __restrict__ decay, int64_t T,
                     int64_t N, Params<float> p) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
   p.decay = *decay;
-  backward_neurons<float, SG, DI, HR, false, 1>(
-      grad_spikes + n, grad_v_last + n, x + n, at_neuron(v0, n), grad_x + n, grad_v0 + n,
-      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
+  backward_thread<S, LANES, DG, SG, DI, HR>(
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, grad_spikes, grad_v_last, x,
+      v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, p);
 }
 
 Params<float> params_of(const LaunchArgs& a) {
@@ -93,7 +83,10 @@ const char* last_error() {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
-dim3 grid_for(int64_t N) { return dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)); }
+dim3 grid_for(int64_t N, int lanes) {
+  const int64_t threads = (N + lanes - 1) / lanes;
+  return dim3(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
+}
 
 }  // namespace
 
@@ -104,12 +97,21 @@ const char* forward(const LaunchArgs& a, const void* x, const void* v0, const fl
   const Params<float> p = params_of(a);
   with_storage_type(a.dtype, [&](auto tag) {
     using S = decltype(tag);
+    constexpr int kLanes = kForwardLanes<S>;
+    const bool packed = forward_thread_lanes<S>(a.N, x, spikes) == kLanes;
     with_bool(a.decay_input, [&](auto di) {
       with_bool(a.hard_reset, [&](auto hr) {
-        forward_kernel<S, decltype(di)::value, decltype(hr)::value>
-            <<<grid_for(a.N), kThreads, 0, stream>>>(
-                static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
-                static_cast<S*>(v_last), decay, a.T, a.N, p);
+        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+        const auto* xs = static_cast<const S*>(x);
+        const auto* v0s = static_cast<const S*>(v0);
+        auto* ss = static_cast<S*>(spikes);
+        auto* vs = static_cast<S*>(v_last);
+        if (packed)
+          forward_kernel<S, kLanes, DI, HR><<<grid_for(a.N, kLanes), kThreads, 0, stream>>>(
+              xs, v0s, ss, vs, decay, a.T, a.N, p);
+        else
+          forward_kernel<S, 1, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
+              xs, v0s, ss, vs, decay, a.T, a.N, p);
       });
     });
   });
@@ -125,14 +127,26 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
   bool known_surrogate = true;
   with_storage_type(a.dtype, [&](auto tag) {
     using S = decltype(tag);
+    const bool packed = backward_thread_lanes<S>(a.N, grad_decay_partial != nullptr, grad_spikes, x,
+                                                 grad_x) == kBackwardLanes;
     known_surrogate = with_surrogate(a.surrogate, [&](auto sg) {
       with_bool(a.decay_input, [&](auto di) {
         with_bool(a.hard_reset, [&](auto hr) {
-          backward_kernel<S, decltype(sg)::value, decltype(di)::value, decltype(hr)::value>
-              <<<grid_for(a.N), kThreads, 0, stream>>>(
-                  static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
-                  static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
-                  static_cast<S*>(grad_v0), grad_decay_partial, v_chunk, decay, a.T, a.N, p);
+          constexpr int SG = decltype(sg)::value;
+          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+          const auto* gs = static_cast<const S*>(grad_spikes);
+          const auto* gvl = static_cast<const S*>(grad_v_last);
+          const auto* xs = static_cast<const S*>(x);
+          const auto* v0s = static_cast<const S*>(v0);
+          auto* gx = static_cast<S*>(grad_x);
+          auto* gv0 = static_cast<S*>(grad_v0);
+          if (packed)
+            backward_kernel<S, kBackwardLanes, false, SG, DI, HR>
+                <<<grid_for(a.N, kBackwardLanes), kThreads, 0, stream>>>(
+                    gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
+          else
+            backward_kernel<S, 1, true, SG, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
+                gs, gvl, xs, v0s, gx, gv0, grad_decay_partial, v_chunk, decay, a.T, a.N, p);
         });
       });
     });

@@ -21,15 +21,21 @@
 
 #include <stdint.h>
 
+#include <stdexcept>
+
 #if defined(__CUDACC__)
 #define TCL_HD __host__ __device__ __forceinline__
 #define TCL_UNROLL _Pragma("unroll")
+// Unrolled time loops let a GPU thread issue several steps' loads before the
+// first one returns (memory-level parallelism; the steps' loads are independent).
+#define TCL_TIME_UNROLL _Pragma("unroll 4")
 #define TCL_SIMD
 #else
 // always_inline: the CPU kernel's AVX2 clone (lif_cpu.cpp) must get its own
 // inlined, 8-wide copy of the drivers, not a call into the baseline build.
 #define TCL_HD inline __attribute__((always_inline))
 #define TCL_UNROLL
+#define TCL_TIME_UNROLL
 #if defined(_OPENMP)
 #define TCL_SIMD _Pragma("omp simd")
 #else
@@ -186,6 +192,67 @@ TCL_HD A grad_v_prev_from_h(A gh, const Params<A>& p) {
 template <typename S, typename A>
 TCL_HD void store_as(S& dst, A value) { dst = static_cast<S>(value); }
 
+// ---- row access ------------------------------------------------------------
+// A driver reads and writes one row (LANES neighbouring neurons at one time
+// step) at a time. Unpacked: one access per lane (the CPU kernel's vectorised
+// lane loops). Packed: the row is a single aligned access of LANES * sizeof(S)
+// bytes (4, 8 or 16), which on the GPU is one vector load or store per thread;
+// the caller guarantees that alignment.
+template <typename S, int LANES>
+struct alignas(sizeof(S) * LANES) RowPack {
+  S v[LANES];
+};
+
+// On the host (the CPU run of the GPU thread mapping, tests only), a misaligned
+// packed access is a launcher bug; x86 would let it pass silently, so throw.
+template <typename S, int LANES>
+TCL_HD void check_packed(const void* ptr) {
+#if !defined(__CUDA_ARCH__)
+  if (reinterpret_cast<uintptr_t>(ptr) % sizeof(RowPack<S, LANES>) != 0)
+    throw std::invalid_argument("tcl_fast: packed LIF row access is misaligned");
+#else
+  (void)ptr;
+#endif
+}
+
+template <typename A, typename S, int LANES, bool Packed>
+struct RowIn;
+template <typename A, typename S, int LANES>
+struct RowIn<A, S, LANES, false> {
+  const S* __restrict__ p;
+  TCL_HD explicit RowIn(const S* src) : p(src) {}
+  TCL_HD A operator[](int l) const { return static_cast<A>(p[l]); }
+};
+template <typename A, typename S, int LANES>
+struct RowIn<A, S, LANES, true> {
+  RowPack<S, LANES> pk;
+  TCL_HD explicit RowIn(const S* src) {
+    check_packed<S, LANES>(src);
+    pk = *reinterpret_cast<const RowPack<S, LANES>*>(src);
+  }
+  TCL_HD A operator[](int l) const { return static_cast<A>(pk.v[l]); }
+};
+
+template <typename S, int LANES, bool Packed>
+struct RowOut;
+template <typename S, int LANES>
+struct RowOut<S, LANES, false> {
+  S* __restrict__ p;
+  TCL_HD explicit RowOut(S* dst) : p(dst) {}
+  template <typename A>
+  TCL_HD void set(int l, A value) { store_as(p[l], value); }
+  TCL_HD void flush() {}
+};
+template <typename S, int LANES>
+struct RowOut<S, LANES, true> {
+  S* p;
+  RowPack<S, LANES> pk;
+  TCL_HD explicit RowOut(S* dst) : p(dst) { check_packed<S, LANES>(dst); }
+  template <typename A>
+  TCL_HD void set(int l, A value) { store_as(pk.v[l], value); }
+  TCL_HD void flush() { *reinterpret_cast<RowPack<S, LANES>*>(p) = pk; }
+};
+
 // ---- whole-sequence drivers -------------------------------------------------
 // A driver runs LANES neighbouring neurons over all T steps; v0 == nullptr
 // means every membrane starts at v_reset. Neuron l of the
@@ -198,32 +265,37 @@ TCL_HD void store_as(S& dst, A value) { dst = static_cast<S>(value); }
 // (CPU): it re-runs the forward recursion instead of saving h in forward.
 constexpr int kTimeChunk = 16;
 
-template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES, typename S>
+template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
+          bool Packed = false, typename S>
 TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
                             S* __restrict__ spikes, S* __restrict__ v_last,
                             int64_t T, int64_t stride, const Params<A>& p) {
   A v[LANES];
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
+  TCL_TIME_UNROLL
   for (int64_t t = 0; t < T; ++t) {
-    const S* xt = x + t * stride;
-    S* st = spikes + t * stride;
+    const RowIn<A, S, LANES, Packed> xt(x + t * stride);
+    RowOut<S, LANES, Packed> st(spikes + t * stride);
     TCL_SIMD
     for (int l = 0; l < LANES; ++l) {
-      const A h = charge<A, DecayInput>(v[l], static_cast<A>(xt[l]), p);
+      const A h = charge<A, DecayInput>(v[l], xt[l], p);
       const A s = fire<A, SG, Smooth>(h, p);
       v[l] = reset<A, HardReset>(h, s, p);
-      store_as(st[l], s);
+      st.set(l, s);
     }
+    st.flush();
   }
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) store_as(v_last[l], v[l]);
 }
 
 // grad_decay_partial (nullable) receives this group's sum over time of
-// dL/dh * dh/dk per neuron. v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
+// dL/dh * dh/dk per neuron; a caller that never wants it sets DecayGrad = false,
+// which drops the per-step dh/dk buffer (registers on the GPU). v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
 // (row stride `stride`) holding the membrane at the start of each later chunk.
-template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES, typename S>
+template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
+          bool Packed = false, bool DecayGrad = true, typename S>
 TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                              const S* __restrict__ x, const S* __restrict__ v0,
                              S* __restrict__ grad_x, S* __restrict__ grad_v0,
@@ -236,11 +308,12 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
     TCL_SIMD
     for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
     for (int64_t c = 0; c + 1 < num_chunks; ++c) {
+      TCL_TIME_UNROLL
       for (int64_t t = c * kTimeChunk; t < (c + 1) * kTimeChunk; ++t) {
-        const S* xt = x + t * stride;
+        const RowIn<A, S, LANES, Packed> xt(x + t * stride);
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A h = charge<A, DecayInput>(v[l], static_cast<A>(xt[l]), p);
+          const A h = charge<A, DecayInput>(v[l], xt[l], p);
           v[l] = reset<A, HardReset>(h, fire<A, SG, Smooth>(h, p), p);
         }
       }
@@ -248,7 +321,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
       for (int l = 0; l < LANES; ++l) v_chunk[c * stride + l] = v[l];
     }
   }
-  const bool need_decay_grad = grad_decay_partial != nullptr;
+  const bool need_decay_grad = DecayGrad && grad_decay_partial != nullptr;
   A gv[LANES], gk[LANES];
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) {
@@ -260,19 +333,21 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
     const int64_t t0 = c * kTimeChunk;
     const int64_t len = (T - t0) < kTimeChunk ? (T - t0) : kTimeChunk;
     A h[kTimeChunk][LANES];
-    A dh_dk[kTimeChunk][LANES];
+    A dh_dk[DecayGrad ? kTimeChunk : 1][LANES];
     TCL_SIMD
     for (int l = 0; l < LANES; ++l)
       v[l] = c > 0 ? v_chunk[(c - 1) * stride + l] : (v0 ? static_cast<A>(v0[l]) : p.v_reset);
     TCL_UNROLL
     for (int j = 0; j < kTimeChunk; ++j) {
       if (j < len) {
-        const S* xt = x + (t0 + j) * stride;
+        const RowIn<A, S, LANES, Packed> xt(x + (t0 + j) * stride);
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A xv = static_cast<A>(xt[l]);
+          const A xv = xt[l];
           const A hv = charge<A, DecayInput>(v[l], xv, p);
-          dh_dk[j][l] = need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
+          if (DecayGrad)
+            dh_dk[DecayGrad ? j : 0][l] =
+                need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
           h[j][l] = hv;
           v[l] = reset<A, HardReset>(hv, fire<A, SG, Smooth>(hv, p), p);
         }
@@ -281,17 +356,17 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
     TCL_UNROLL
     for (int j = kTimeChunk - 1; j >= 0; --j) {
       if (j < len) {
-        const S* gst = grad_spikes + (t0 + j) * stride;
-        S* gxt = grad_x + (t0 + j) * stride;
+        const RowIn<A, S, LANES, Packed> gst(grad_spikes + (t0 + j) * stride);
+        RowOut<S, LANES, Packed> gxt(grad_x + (t0 + j) * stride);
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
           const A hv = h[j][l];
-          const A gh = grad_h<A, SG, HardReset>(static_cast<A>(gst[l]), gv[l], hv,
-                                                fire<A, SG, Smooth>(hv, p), p);
-          store_as(gxt[l], grad_x_from_h<A, DecayInput>(gh, p));
-          gk[l] += gh * dh_dk[j][l];
+          const A gh = grad_h<A, SG, HardReset>(gst[l], gv[l], hv, fire<A, SG, Smooth>(hv, p), p);
+          gxt.set(l, grad_x_from_h<A, DecayInput>(gh, p));
+          if (DecayGrad) gk[l] += gh * dh_dk[DecayGrad ? j : 0][l];
           gv[l] = grad_v_prev_from_h(gh, p);
         }
+        gxt.flush();
       }
     }
   }

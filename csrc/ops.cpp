@@ -26,4 +26,15 @@ TORCH_LIBRARY(tcl_fast, m) {
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
       "int surrogate, float alpha, bool smooth, bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+  // Test-only (CPU, float32): the CUDA kernels' per-thread code and thread
+  // mapping (csrc/lif_threads.h) run serially, so tests without a GPU cover them.
+  m.def(
+      "_lif_forward_gpu_threads(Tensor x, Tensor? v0, Tensor decay, float v_threshold, "
+      "float v_reset, bool hard_reset, bool decay_input, bool detach_reset, int surrogate, "
+      "float alpha, bool smooth) -> (Tensor spikes, Tensor v_last)");
+  m.def(
+      "_lif_backward_gpu_threads(Tensor grad_spikes, Tensor grad_v_last, Tensor x, Tensor? v0, "
+      "Tensor decay, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
+      "bool detach_reset, int surrogate, float alpha, bool smooth, bool need_decay_grad) "
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
 }

@@ -1,0 +1,83 @@
+// What one CUDA thread of the LIF kernels does, as host+device code, and how
+// the launcher picks the thread's width. lif_cuda.cu launches these; the CPU
+// build runs the same thread mapping in a loop (the _lif_*_gpu_threads test
+// ops in lif_cpu.cpp), so the packed row access and the neuron-to-thread
+// mapping are tested on machines without a GPU.
+#pragma once
+
+#include <stdint.h>
+
+#include <initializer_list>
+
+#include "lif_math.h"
+
+namespace tcl_fast {
+namespace lif {
+
+// This thread's element of an optional per-neuron array. nullptr must stay
+// nullptr: `nullptr + n` is a non-null wild pointer the drivers would read.
+template <typename P>
+TCL_HD P* at_neuron(P* base, int64_t n) {
+  return base ? base + n : nullptr;
+}
+
+// A thread runs LANES neighbouring neurons with one packed (vector) access per
+// row when the rows are aligned, else one neuron. Forward packs 16 bytes; the
+// backward packs 4 neurons: its 16-step chunk of h lives in registers.
+template <typename S>
+constexpr int kForwardLanes = 16 / static_cast<int>(sizeof(S));  // 4 float32, 8 float16/bfloat16
+constexpr int kBackwardLanes = 4;
+
+// Every row of a [T, N] tensor starts aligned to a packed row iff N is a
+// multiple of the lanes and each base pointer is aligned to a packed row.
+inline bool rows_packable(int64_t N, int lanes, int64_t elem_size,
+                          std::initializer_list<const void*> ptrs) {
+  if (lanes == 1) return true;
+  if (N % lanes != 0) return false;
+  for (const void* ptr : ptrs)
+    if (reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(lanes * elem_size) != 0)
+      return false;
+  return true;
+}
+
+// The neurons per thread the launcher uses: the packed width when possible.
+template <typename S>
+inline int forward_thread_lanes(int64_t N, const void* x, const void* spikes) {
+  return rows_packable(N, kForwardLanes<S>, sizeof(S), {x, spikes}) ? kForwardLanes<S> : 1;
+}
+// The learnable-decay gradient needs a second 16-step register buffer: that
+// rarer case keeps one neuron per thread.
+template <typename S>
+inline int backward_thread_lanes(int64_t N, bool need_decay_grad, const void* grad_spikes,
+                                 const void* x, const void* grad_x) {
+  if (need_decay_grad) return 1;
+  return rows_packable(N, kBackwardLanes, sizeof(S), {grad_spikes, x, grad_x}) ? kBackwardLanes : 1;
+}
+
+template <typename S, int LANES, bool DI, bool HR>
+TCL_HD void forward_thread(int64_t thread, const S* __restrict__ x, const S* __restrict__ v0,
+                           S* __restrict__ spikes, S* __restrict__ v_last, int64_t T, int64_t N,
+                           const Params<float>& p) {
+  const int64_t n = thread * LANES;
+  if (n >= N) return;
+  forward_neurons<float, kSigmoid, DI, HR, false, LANES, (LANES > 1)>(
+      x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p);
+}
+
+// DG: this instance may compute the decay gradient (LANES == 1 only).
+template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
+TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
+                            const S* __restrict__ grad_v_last, const S* __restrict__ x,
+                            const S* __restrict__ v0, S* __restrict__ grad_x,
+                            S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,
+                            float* __restrict__ v_chunk, int64_t T, int64_t N,
+                            const Params<float>& p) {
+  const int64_t n = thread * LANES;
+  if (n >= N) return;
+  backward_neurons<float, SG, DI, HR, false, LANES, (LANES > 1), DG>(
+      grad_spikes + n, grad_v_last + n, x + n, at_neuron(v0, n), grad_x + n, grad_v0 + n,
+      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
+}
+
+}  // namespace lif
+}  // namespace tcl_fast

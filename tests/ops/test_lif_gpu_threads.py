@@ -1,0 +1,86 @@
+"""The CUDA kernels' per-thread code and thread mapping, run on the CPU.
+
+``tcl_fast::_lif_*_gpu_threads`` loop over the grid lif_cuda.cu would launch and
+run each thread's body (csrc/lif_threads.h) with the lanes the launcher picks:
+4 (float32) neurons per thread with one packed row access per step when the
+rows are aligned, else one. Without a GPU these tests are what covers the
+packed access and the neuron-to-thread mapping; the math itself is shared with
+the CPU kernel, which tests/ops/test_lif.py checks against the reference.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from tcl_fast import _extension
+from tcl_fast.ops.lif_reference import SURROGATES
+
+pytestmark = pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
+
+SURROGATE_IDS = {name: i for i, name in enumerate(SURROGATES)}
+ALPHA = {"sigmoid": 4.0, "atan": 2.0, "triangle": 1.0, "rectangle": 1.0}
+
+
+def _args(surrogate, decay_input, hard_reset, detach_reset):
+    v_reset = -0.25 if hard_reset else 0.0
+    return (1.0, v_reset, hard_reset, decay_input, detach_reset, SURROGATE_IDS[surrogate],
+            ALPHA[surrogate], False)
+
+
+def _both(x, v0, decay, args, need_decay_grad, seed=1):
+    """(kernel under test, CPU kernel) outputs of forward and backward."""
+    g = torch.Generator().manual_seed(seed)
+    grad_s = torch.randn(x.shape, generator=g)
+    grad_v = torch.randn(x.shape[1:], generator=g)
+    ops = torch.ops.tcl_fast
+    out = []
+    for fwd, bwd in ((ops._lif_forward_gpu_threads, ops._lif_backward_gpu_threads),
+                     (ops.lif_forward, ops.lif_backward)):
+        spikes, v_last = fwd(x, v0, decay, *args)
+        grads = bwd(grad_s, grad_v, x, v0, decay, *args, need_decay_grad)
+        out.append((spikes, v_last) + tuple(grads))
+    return out
+
+
+@pytest.mark.parametrize("surrogate,decay_input,hard_reset,detach_reset",
+                         list(itertools.product(SURROGATES, [True, False], [True, False], [False, True])))
+def test_gpu_thread_mapping_matches_cpu_kernel(surrogate, decay_input, hard_reset, detach_reset):
+    args = _args(surrogate, decay_input, hard_reset, detach_reset)
+    decay = torch.tensor(1 / 2.5)
+    # N multiple of 4: packed (4 neurons per thread); N = 37: one per thread.
+    # T spans the backward's 16-step chunks: 1, 16 (one full), 37 (two + a ragged one).
+    for T, N, with_v0, need_decay_grad in [(1, 8, False, False), (16, 36, True, False),
+                                           (37, 64, False, False), (37, 64, True, True),
+                                           (17, 37, True, False), (5, 4, False, True)]:
+        g = torch.Generator().manual_seed(T * 100 + N)
+        x = torch.randn(T, N, generator=g) * 1.5 + 0.4
+        v0 = torch.randn(N, generator=g) * 0.5 if with_v0 else None
+        got, want = _both(x, v0, decay, args, need_decay_grad)
+        names = ("spikes", "v_last", "grad_x", "grad_v0", "grad_decay")
+        for name, a, b in zip(names, got, want):
+            if name == "grad_v0" and v0 is None:
+                continue
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6,
+                                       msg=lambda m, name=name, T=T, N=N: f"{name} (T={T}, N={N}): {m}")
+
+
+def test_misaligned_rows_fall_back_to_one_neuron_per_thread():
+    # x starting one float into its storage is not 16-byte aligned: the launcher
+    # must not use packed rows (which would read across the row boundary).
+    args = _args("sigmoid", True, True, False)
+    decay = torch.tensor(0.5)
+    buf = torch.randn(1 + 9 * 12) * 1.5 + 0.4
+    x = buf[1:].view(9, 12)
+    assert x.data_ptr() % 16 != 0
+    got, want = _both(x, None, decay, args, False)
+    for a, b in zip(got[:3], want[:3]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_gpu_thread_ops_reject_other_dtypes():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="float32 only"):
+        torch.ops.tcl_fast._lif_forward_gpu_threads(x, None, torch.tensor(0.5, dtype=torch.float64),
+                                                   *_args("sigmoid", True, True, False))

@@ -75,21 +75,26 @@ TCL_CPU_CLONES void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int6
   }
 }
 
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
 TCL_CPU_CLONES void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp,
                                     S* gv0p, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N,
                                     int64_t g0, int64_t g1, const Params<A>& p) {
+  // No lambda here: a lambda's body is a separate function that target_clones
+  // does not clone, so it would be built for the baseline ISA only (SSE2).
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t n0 = g * kLanes;
-    const int64_t n1 = n0 + kLanes <= N ? n0 + kLanes : N;
-    auto run = [&](auto lanes, int64_t n) {
-      backward_neurons<A, SG, DI, HR, SM, decltype(lanes)::value>(
-          gsp + n, gvp + n, xp + n, v0p ? v0p + n : nullptr, gxp + n, gv0p + n,
-          grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr,
+    if (n0 + kLanes <= N) {
+      backward_neurons<A, SG, DI, HR, SM, kLanes, false, DG>(
+          gsp + n0, gvp + n0, xp + n0, v0p ? v0p + n0 : nullptr, gxp + n0, gv0p + n0,
+          grad_decay_partial ? grad_decay_partial + n0 : nullptr, v_chunk ? v_chunk + n0 : nullptr,
           T, N, p);
-    };
-    if (n1 - n0 == kLanes) run(std::integral_constant<int, kLanes>{}, n0);
-    else for (int64_t n = n0; n < n1; ++n) run(std::integral_constant<int, 1>{}, n);
+    } else {  // ragged tail: one neuron at a time
+      for (int64_t n = n0; n < N; ++n)
+        backward_neurons<A, SG, DI, HR, SM, 1, false, DG>(
+            gsp + n, gvp + n, xp + n, v0p ? v0p + n : nullptr, gxp + n, gv0p + n,
+            grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr,
+            T, N, p);
+    }
   }
 }
 
@@ -118,9 +123,12 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const at::Tensor& grad_v_
   const S* v0p = optional_data_as<S>(v0);
   S* gxp = mutable_data_as<S>(grad_x);
   S* gv0p = mutable_data_as<S>(grad_v0);
-  at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-    backward_groups<S, A, SG, DI, HR, SM>(gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk,
-                                         T, N, g0, g1, p);
+  // Without a learnable tau the per-step dh/dk buffer is compiled out.
+  with_bool(grad_decay_partial != nullptr, [&](auto dg) {
+    at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+      backward_groups<S, A, SG, DI, HR, SM, decltype(dg)::value>(
+          gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+    });
   });
 }
 

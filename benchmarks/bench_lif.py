@@ -16,6 +16,7 @@ Results: a table on stdout and JSON under benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -145,6 +146,27 @@ def spikingjelly_backends(device: torch.device, dtype: torch.dtype) -> dict:
 _SJ_REPORTED: set = set()
 
 
+# Backends timed under extra environment variables, set around the whole call
+# (forward and backward): TCL_FAST_CUDA_PACKED=0 is read by the CUDA launcher at
+# every launch and forces one neuron per thread.
+BACKEND_ENV = {"cuda-unpacked": {"TCL_FAST_CUDA_PACKED": "0"}}
+
+
+@contextlib.contextmanager
+def backend_env(name: str):
+    env = BACKEND_ENV.get(name, {})
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
     """name -> callable(x) returning spikes; only those that run here."""
     backends = {"torch": lambda x: lif_multistep_reference(x)[0]}
@@ -153,6 +175,8 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
     for name in ("cpp", "cuda", "triton"):
         if backend_available(name, device, dtype):
             backends[name] = (lambda b: lambda x: tcl_fast.lif_multistep(x, backend=b))(name)
+    if "cuda" in backends:  # the same kernels with one neuron per thread, side by side
+        backends["cuda-unpacked"] = backends["cuda"]
     backends.update(spikingjelly_backends(device, dtype))
     return backends
 
@@ -202,15 +226,16 @@ def main(argv=None) -> int:
                 # outputs per call, so the copy baseline pays for allocation too.
                 fns = {"copy": lambda: x.clone()}
                 for bname, fn in backends.items():
-                    def forward(fn=fn):
-                        with torch.no_grad():
+                    def forward(fn=fn, bname=bname):
+                        with torch.no_grad(), backend_env(bname):
                             fn(x)
 
                     xg = x.detach().clone().requires_grad_()
 
-                    def forward_backward(fn=fn, xg=xg):
+                    def forward_backward(fn=fn, xg=xg, bname=bname):
                         xg.grad = None
-                        fn(xg).backward(grad)
+                        with backend_env(bname):
+                            fn(xg).backward(grad)
 
                     fns[(bname, "fwd")] = forward
                     fns[(bname, "fb")] = forward_backward

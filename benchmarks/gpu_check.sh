@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TCL_FAST_EXPECT_CUDA_KERNELS=1
-T_TESTS=${T_TESTS:-240} T_LIF=${T_LIF:-200} T_SUPCON=${T_SUPCON:-120}
+T_TESTS=${T_TESTS:-300} T_LIF=${T_LIF:-200} T_SUPCON=${T_SUPCON:-120}
 status=0
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
 {

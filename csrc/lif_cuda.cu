@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include <type_traits>
 
 #include "lif_cuda.h"
@@ -78,6 +80,13 @@ void with_storage_type(DType d, F&& f) {
   }
 }
 
+// TCL_FAST_CUDA_PACKED=0 forces one neuron per thread (read at every launch):
+// bench_lif.py times both layouts side by side, and it is an escape hatch.
+bool packing_enabled() {
+  const char* v = std::getenv("TCL_FAST_CUDA_PACKED");
+  return v == nullptr || v[0] != '0';
+}
+
 const char* last_error() {
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
@@ -98,7 +107,7 @@ const char* forward(const LaunchArgs& a, const void* x, const void* v0, const fl
   with_storage_type(a.dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr int kLanes = kForwardLanes<S>;
-    const bool packed = forward_thread_lanes<S>(a.N, x, spikes) == kLanes;
+    const bool packed = packing_enabled() && forward_thread_lanes<S>(a.N, x, spikes) == kLanes;
     with_bool(a.decay_input, [&](auto di) {
       with_bool(a.hard_reset, [&](auto hr) {
         constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
@@ -127,7 +136,8 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
   bool known_surrogate = true;
   with_storage_type(a.dtype, [&](auto tag) {
     using S = decltype(tag);
-    const bool packed = backward_thread_lanes<S>(a.N, grad_decay_partial != nullptr, grad_spikes, x,
+    const bool packed = packing_enabled() &&
+                        backward_thread_lanes<S>(a.N, grad_decay_partial != nullptr, grad_spikes, x,
                                                  grad_x) == kBackwardLanes;
     known_surrogate = with_surrogate(a.surrogate, [&](auto sg) {
       with_bool(a.decay_input, [&](auto di) {

@@ -77,6 +77,42 @@ def test_matches_reference_all_switches(device, surrogate, decay_input, reset, d
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("reset", RESETS)
+def test_matches_reference_aligned_rows(device, packed, surrogate, reset, monkeypatch):
+    # Neurons a multiple of 8 and a fixed tau: the CUDA launcher packs several
+    # neurons per thread here (TCL_FAST_CUDA_PACKED=0 forces one per thread).
+    if not packed:
+        if device != "cuda":
+            pytest.skip("the packing switch is CUDA's")
+        monkeypatch.setenv("TCL_FAST_CUDA_PACKED", "0")
+    for T, with_v0 in [(1, False), (21, True), (37, False)]:
+        x = _inputs((T, 3, 64), device, seed=T)
+        v0 = _inputs((3, 64), device, seed=2) * 0.3 if with_v0 else None
+        grad_s = torch.randn(x.shape, device=device)
+        grad_v = torch.randn(x.shape[1:], device=device)
+        kw = dict(v_reset=RESETS[reset], surrogate=surrogate)
+        got = _run(FUSED[device], x, v0, 2.5, grad_s, grad_v, **kw)
+        want = _run("reference", x, v0, 2.5, grad_s, grad_v, **kw)
+        _assert_close_to_reference(got, want)
+
+
+@pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="needs a GPU and the CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_16bit_packed_rows_match_cpu_kernel(dtype):
+    # 8 neurons per thread forward, 4 backward; the same float math as the CPU
+    # kernel on the same 16-bit inputs, so results agree to rounding.
+    x = _inputs((19, 2, 96), "cpu").to(dtype)
+    grad_s = torch.randn(x.shape).to(dtype)
+    got = _run("cuda", x.cuda(), grad_s=grad_s.cuda(), surrogate="sigmoid")
+    want = _run("cpp", x, grad_s=grad_s, surrogate="sigmoid")
+    assert torch.equal(got["spikes"].cpu(), want["spikes"])
+    torch.testing.assert_close(got["gx"].cpu(), want["gx"])
+    torch.testing.assert_close(got["v_last"].cpu(), want["v_last"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5, 7), (37, 1), (37, 3, 11), (4, 5, 123, 123)])
 def test_odd_shapes(device, shape):
     x = _inputs(shape, device)

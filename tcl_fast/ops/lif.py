@@ -183,6 +183,27 @@ def check_neuron_params(surrogate: str, alpha: float | None, v_threshold: float,
     return alpha, v_threshold, v_r
 
 
+_DECAY_CACHE: dict = {}
+
+
+def _constant_decay(k: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim tensor holding a constant decay, kept per (value, device, dtype).
+
+    Building it every call would be a blocking host-to-device copy per LIF layer
+    and step on CUDA. The ops only read it. Under torch.compile it is built in
+    the graph instead (a constant there).
+    """
+    if torch.compiler.is_compiling():
+        return torch.tensor(k, device=device, dtype=dtype)
+    key = (k, device, dtype)
+    t = _DECAY_CACHE.get(key)
+    if t is None:
+        if len(_DECAY_CACHE) >= 256:  # many distinct constants: don't grow without bound
+            _DECAY_CACHE.clear()
+        t = _DECAY_CACHE[key] = torch.tensor(k, device=device, dtype=dtype)
+    return t
+
+
 def lif_multistep(
     x: torch.Tensor,
     v0: torch.Tensor | None = None,
@@ -243,7 +264,7 @@ def lif_multistep(
     if isinstance(k, torch.Tensor):
         k = k.to(device=x.device, dtype=acc_dtype)
     else:
-        k = torch.tensor(k, device=x.device, dtype=acc_dtype)
+        k = _constant_decay(float(k), x.device, acc_dtype)
     x2d = x.reshape(T, -1).contiguous()  # one copy at most (non-contiguous / channels_last)
     v0_flat = None if v0 is None else v0.reshape(-1).contiguous()  # None: start at v_r
     fn = _lif_triton if backend == "triton" else _lif_compiled

@@ -304,3 +304,18 @@ def test_bad_input_raises(call, error, match):
 def test_mixed_devices_raise():
     with pytest.raises(ValueError, match="v0 is on"):
         tcl_fast.lif_multistep(torch.ones(3, 4, device="cuda"), torch.ones(4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_constant_tau_is_cached_per_value(device):
+    # A constant tau becomes a cached 0-dim tensor (no host-to-device copy per
+    # call on CUDA); the cache must key on the value, device and dtype.
+    from tcl_fast.ops.lif import _constant_decay
+    assert _constant_decay(0.5, torch.device(device), torch.float32) is \
+        _constant_decay(0.5, torch.device(device), torch.float32)
+    assert _constant_decay(0.5, torch.device(device), torch.float64).dtype == torch.float64
+    x = _inputs((6, 50), device)
+    for tau in (2.0, 3.0, 2.0):
+        got = tcl_fast.lif_multistep(x, tau=tau, backend=FUSED[device], return_v=True)[1]
+        want = lif_multistep_reference(x, None, 1.0 / tau)[1]
+        torch.testing.assert_close(got, want)

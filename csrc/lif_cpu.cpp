@@ -52,11 +52,13 @@ const S* optional_data_as(const std::optional<at::Tensor>& t) {
 constexpr int kLanes = 128;               // neurons per vectorised group
 constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
 
-// The group loops are compiled twice, for AVX2 and for the x86-64 baseline,
-// and the loader picks one by CPU (GCC/Clang function multi-versioning), so a
-// portable build still runs 8-wide where the CPU allows.
+// The group loops are compiled three times, for AVX-512, AVX2 and the x86-64
+// baseline, and the loader picks one by CPU (GCC/Clang function
+// multi-versioning), so a portable build still runs 16- or 8-wide where the CPU
+// allows. The backward is compute-bound (the sigmoid surrogate's exp and
+// divide): AVX-512 took it from 6.6 to 5.2 ms at T=8, 2^20 neurons (2 cores).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TCL_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#define TCL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define TCL_CPU_CLONES
 #endif

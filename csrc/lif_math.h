@@ -31,7 +31,7 @@
 #define TCL_TIME_UNROLL _Pragma("unroll 4")
 #define TCL_SIMD
 #else
-// always_inline: the CPU kernel's AVX2 clone (lif_cpu.cpp) must get its own
+// always_inline: each of the CPU kernel's ISA clones (lif_cpu.cpp) must get its own
 // inlined, 8-wide copy of the drivers, not a call into the baseline build.
 #define TCL_HD inline __attribute__((always_inline))
 #define TCL_UNROLL

@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]       # default benchmarks/results/gpu
 #   FULL=1 bash benchmarks/gpu_check.sh OUTDIR  # the benchmarks' full default sweeps
+#   SJ_NATIVE=1 ...   also build SpikingJelly's native CUDA LIF from .whl/spikingjelly-*.tar.gz
 #
 # Builds tcl_fast against the torch there (--no-build-isolation), runs the
 # CUDA/Triton tests, then the LIF and supervised-contrastive benchmarks, and
@@ -31,6 +32,13 @@ stage() { echo; echo "=== $* ($(date -u +%T))"; }
 if ls .whl/*.whl >/dev/null 2>&1; then
   python -m pip install -q --no-index --no-deps --no-compile --target /tmp/tcl_fast_site .whl/*.whl \
     && export PYTHONPATH=/tmp/tcl_fast_site:${PYTHONPATH:-}
+fi
+# SpikingJelly's native CUDA LIF (its fastest GPU path) from an sdist placed in
+# .whl/, only with SJ_NATIVE=1: a minute or two of nvcc.
+if [ "${SJ_NATIVE:-0}" = 1 ] && ls .whl/spikingjelly-*.tar.gz >/dev/null 2>&1; then
+  stage spikingjelly-native | tee -a "$LOG"
+  mkdir -p /tmp/sj_src && tar xzf .whl/spikingjelly-*.tar.gz -C /tmp/sj_src
+  MAX_JOBS=${MAX_JOBS:-16} timeout "${T_SJ:-240}" python benchmarks/build_spikingjelly_native.py /tmp/sj_src/spikingjelly-* 2>&1 | tail -5 | tee -a "$LOG"
 fi
 stage build | tee -a "$LOG"
 MAX_JOBS=${MAX_JOBS:-16} python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \

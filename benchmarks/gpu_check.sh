@@ -3,16 +3,20 @@
 # network, whose Python already has torch (+ triton):
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]       # default benchmarks/results/gpu
-#   FULL=1 bash benchmarks/gpu_check.sh OUTDIR  # the benchmarks' full default sweeps
+#   STAGES="tests" bash benchmarks/gpu_check.sh OUT1        # split over two calls,
+#   STAGES="lif supcon" bash benchmarks/gpu_check.sh OUT2   # e.g. 10-minute limits
+#   FULL=1 ...        the benchmarks' full default sweeps
 #   SJ_NATIVE=1 ...   also build SpikingJelly's native CUDA LIF from .whl/spikingjelly-*.tar.gz
 #
-# Builds tcl_fast against the torch there (--no-build-isolation), runs the
-# CUDA/Triton tests, then the LIF and supervised-contrastive benchmarks, and
-# leaves logs + JSON in OUTDIR (at most 5 files, so a lent machine can return
-# them all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side
-# numbers) are installed first, offline. Each stage has its own time limit so a
-# slow stage cannot eat the later ones; by default the benchmarks run a lean
-# sweep that fits a short lease (SpikingJelly's own shape, 64x65536 fp16, in full).
+# Builds tcl_fast against the torch there (--no-build-isolation; a rebuild on
+# the same machine is incremental), then runs the chosen stages: "tests" (the
+# CUDA/Triton tests, each logged by name), "lif" and "supcon" (the benchmarks).
+# Logs + JSON go to OUTDIR (at most 5 files, so a lent machine can return them
+# all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side numbers)
+# are installed first, offline. Each stage has its own time limit (T_TESTS,
+# T_LIF, T_SUPCON, T_SJ seconds) so a slow stage cannot eat the later ones; by
+# default the benchmarks run a lean sweep that fits a short lease
+# (SpikingJelly's own shape, 64x65536, in full).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-benchmarks/results/gpu}"
@@ -20,7 +24,9 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TCL_FAST_EXPECT_CUDA_KERNELS=1
-T_TESTS=${T_TESTS:-300} T_LIF=${T_LIF:-200} T_SUPCON=${T_SUPCON:-120}
+T_TESTS=${T_TESTS:-240} T_LIF=${T_LIF:-200} T_SUPCON=${T_SUPCON:-100}
+STAGES=" ${STAGES:-tests lif supcon} "
+wants() { [[ "$STAGES" == *" $1 "* ]]; }
 status=0
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
 {
@@ -35,7 +41,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # SpikingJelly's native CUDA LIF (its fastest GPU path) from an sdist placed in
 # .whl/, only with SJ_NATIVE=1: a minute or two of nvcc.
-if [ "${SJ_NATIVE:-0}" = 1 ] && ls .whl/spikingjelly-*.tar.gz >/dev/null 2>&1; then
+if wants lif && [ "${SJ_NATIVE:-0}" = 1 ] && ls .whl/spikingjelly-*.tar.gz >/dev/null 2>&1; then
   stage spikingjelly-native | tee -a "$LOG"
   mkdir -p /tmp/sj_src && tar xzf .whl/spikingjelly-*.tar.gz -C /tmp/sj_src
   MAX_JOBS=${MAX_JOBS:-16} timeout "${T_SJ:-240}" python benchmarks/build_spikingjelly_native.py /tmp/sj_src/spikingjelly-* 2>&1 | tail -5 | tee -a "$LOG"
@@ -47,6 +53,7 @@ tail -3 "$OUT/build.log" | tee -a "$LOG"
 python -c "from tcl_fast import _extension as e; assert e.has_cuda_kernels(), 'no CUDA kernels'; print('CUDA kernels: ok')" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+if wants tests; then
 stage tests | tee -a "$LOG"
 XDIST=""
 python -c "import xdist" 2>/dev/null && XDIST="-n 8"
@@ -54,19 +61,24 @@ python -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 120"
 timeout "$T_TESTS" python -m pytest tests/ops tests/losses tests/test_build.py -v -rfEs $XDIST > "$OUT/tests.log" 2>&1
 [ $? -eq 0 ] || status=1
 grep -E " (FAILED|ERROR) " "$OUT/tests.log" | head -40 | tee -a "$LOG"; tail -3 "$OUT/tests.log" | tee -a "$LOG"
+fi
 
+if wants lif; then
 stage bench_lif | tee -a "$LOG"
 if [ -n "${FULL:-}" ]; then LIF_ARGS=(); else
   LIF_ARGS=(--dtypes float16 float32 bfloat16 --neurons 4194304 --T 4 8 16 32 --no-compile); fi
 timeout "$T_LIF" python benchmarks/bench_lif.py "${LIF_ARGS[@]}" --out "$OUT/lif_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-[ -n "${SKIP_SUPCON:-}" ] && { echo "gpu_check: results in $OUT (status $status, supcon skipped)" | tee -a "$LOG"; exit $status; }
+fi
+
+if wants supcon; then
 stage bench_supcon | tee -a "$LOG"
 if [ -n "${FULL:-}" ]; then SC_ARGS=(); else
   read -r -a SC_ARGS <<< "${SUPCON_ARGS:---sizes 16384 65536 --dims 128 --dtypes bfloat16 --methods naive fused matmul}"; fi
 timeout "$T_SUPCON" python benchmarks/bench_supcon.py --device cuda "${SC_ARGS[@]}" --out "$OUT/supcon_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
 echo "gpu_check: results in $OUT (status $status)" | tee -a "$LOG"
 exit $status

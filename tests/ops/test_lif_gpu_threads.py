@@ -2,8 +2,8 @@
 
 ``tcl_fast::_lif_*_gpu_threads`` loop over the grid lif_cuda.cu would launch and
 run each thread's body (csrc/lif_threads.h) with the lanes the launcher picks:
-4 (float32) neurons per thread with one packed row access per step when the
-rows are aligned, else one. Without a GPU these tests are what covers the
+4 float32 or 8 16-bit neurons per thread forward (4 backward) with one packed
+row access per step when the rows are aligned, else one. Without a GPU these tests are what covers the
 packed access and the neuron-to-thread mapping; the math itself is shared with
 the CPU kernel, which tests/ops/test_lif.py checks against the reference.
 """
@@ -32,8 +32,8 @@ def _args(surrogate, decay_input, hard_reset, detach_reset):
 def _both(x, v0, decay, args, need_decay_grad, seed=1):
     """(kernel under test, CPU kernel) outputs of forward and backward."""
     g = torch.Generator().manual_seed(seed)
-    grad_s = torch.randn(x.shape, generator=g)
-    grad_v = torch.randn(x.shape[1:], generator=g)
+    grad_s = torch.randn(x.shape, generator=g).to(x.dtype)
+    grad_v = torch.randn(x.shape[1:], generator=g).to(x.dtype)
     ops = torch.ops.tcl_fast
     out = []
     for fwd, bwd in ((ops._lif_forward_gpu_threads, ops._lif_backward_gpu_threads),
@@ -79,8 +79,29 @@ def test_misaligned_rows_fall_back_to_one_neuron_per_thread():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_gpu_thread_mapping_16bit(dtype, surrogate):
+    # 16-bit rows: 8 neurons per thread forward (16 bytes), 4 backward; N = 36
+    # packs backward only, N = 37 packs neither. The math is the CPU kernel's,
+    # on the same 16-bit values, so results agree exactly.
+    args = _args(surrogate, True, True, False)
+    decay = torch.tensor(1 / 2.5)
+    for T, N, with_v0 in [(3, 64, False), (21, 40, True), (17, 36, False), (5, 37, True)]:
+        g = torch.Generator().manual_seed(T + N)
+        x = (torch.randn(T, N, generator=g) * 1.5 + 0.4).to(dtype)
+        v0 = (torch.randn(N, generator=g) * 0.5).to(dtype) if with_v0 else None
+        got, want = _both(x, v0, decay, args, False)
+        for name, a, b in zip(("spikes", "v_last", "grad_x", "grad_v0"), got, want):
+            if name == "grad_v0" and v0 is None:
+                continue
+            assert a.dtype == dtype
+            torch.testing.assert_close(a, b, atol=0, rtol=0,
+                                       msg=lambda m, name=name, T=T, N=N: f"{name} (T={T}, N={N}): {m}")
+
+
 def test_gpu_thread_ops_reject_other_dtypes():
     x = torch.randn(3, 4, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="float32 only"):
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16 only"):
         torch.ops.tcl_fast._lif_forward_gpu_threads(x, None, torch.tensor(0.5, dtype=torch.float64),
                                                    *_args("sigmoid", True, True, False))

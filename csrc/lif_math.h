@@ -256,10 +256,11 @@ struct RowOut<S, LANES, true> {
 // ---- whole-sequence drivers -------------------------------------------------
 // A driver runs LANES neighbouring neurons over all T steps; v0 == nullptr
 // means every membrane starts at v_reset. Neuron l of the
-// group reads x[t * stride + l]. The CUDA kernel calls it with LANES = 1 (one
-// thread per neuron, coalesced across the warp); the CPU kernel with a block
-// of LANES neurons so the inner lane loop vectorises and the block's rows stay
-// in cache while time advances.
+// group reads x[t * stride + l]. A CUDA thread calls it with a few packed lanes
+// (or one), neighbouring threads on neighbouring neurons so a warp's accesses
+// are coalesced (lif_threads.h); the CPU kernel with a block of 128 unpacked
+// lanes so the inner lane loop vectorises and the block's rows stay in cache
+// while time advances.
 
 // Backward keeps h for a chunk of kTimeChunk steps in registers (CUDA) or L1
 // (CPU): it re-runs the forward recursion instead of saving h in forward.

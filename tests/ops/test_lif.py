@@ -319,3 +319,28 @@ def test_constant_tau_is_cached_per_value(device):
         got = tcl_fast.lif_multistep(x, tau=tau, backend=FUSED[device], return_v=True)[1]
         want = lif_multistep_reference(x, None, 1.0 / tau)[1]
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("decay", [1.0, 0.5, 1.0 / 3.0])
+def test_cpu_16bit_conversions_every_value(dtype, decay):
+    # The CPU kernel converts bfloat16 with its own integer arithmetic
+    # (BFloat16Bits in lif_cpu.cpp), float16 through c10::Half. With T = 1, no v0, a
+    # soft reset, decay_input and a threshold nothing reaches, v_last is
+    # x * decay rounded back to the dtype: compare that, for all 65536 bit
+    # patterns, with torch's conversions.
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).reshape(1, -1)
+    _, v_last = torch.ops.tcl_fast.lif_forward(
+        x, None, torch.tensor(decay), 1e38, 0.0, False, True, False, 0, 4.0, False)
+    want = (x[0].float() * torch.tensor(decay, dtype=torch.float32)).to(dtype)
+    got_f, want_f = v_last.float(), want.float()
+    nan = want_f.isnan()
+    assert torch.equal(got_f.isnan(), nan)
+    # bfloat16 reaches past any float32 threshold: values from 1e38 up fire
+    kept = ~nan & (x[0].float().abs() < 1e38)
+    assert kept.sum() > 60000  # all but NaNs (and, for bfloat16, the largest values)
+    # bitwise, except that the kernel's 0 + x turns -0 into +0
+    assert torch.equal(got_f[kept], want_f[kept])
+    nonzero = kept & (want_f != 0)
+    assert torch.equal(v_last.view(torch.int16)[nonzero], want.view(torch.int16)[nonzero])

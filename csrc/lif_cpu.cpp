@@ -69,10 +69,10 @@ TCL_CPU_CLONES void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int6
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t n0 = g * kLanes;
     if (n0 + kLanes <= N) {
-      forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, v0p ? v0p + n0 : nullptr, sp + n0, vp + n0, T, N, p);
+      forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, at_neuron(v0p, n0), sp + n0, vp + n0, T, N, p);
     } else {  // ragged tail: one neuron at a time
       for (int64_t n = n0; n < N; ++n)
-        forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, v0p ? v0p + n : nullptr, sp + n, vp + n, T, N, p);
+        forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
     }
   }
 }
@@ -87,15 +87,13 @@ TCL_CPU_CLONES void backward_groups(const S* gsp, const S* gvp, const S* xp, con
     const int64_t n0 = g * kLanes;
     if (n0 + kLanes <= N) {
       backward_neurons<A, SG, DI, HR, SM, kLanes, false, DG>(
-          gsp + n0, gvp + n0, xp + n0, v0p ? v0p + n0 : nullptr, gxp + n0, gv0p + n0,
-          grad_decay_partial ? grad_decay_partial + n0 : nullptr, v_chunk ? v_chunk + n0 : nullptr,
-          T, N, p);
+          gsp + n0, gvp + n0, xp + n0, at_neuron(v0p, n0), gxp + n0, gv0p + n0,
+          at_neuron(grad_decay_partial, n0), at_neuron(v_chunk, n0), T, N, p);
     } else {  // ragged tail: one neuron at a time
       for (int64_t n = n0; n < N; ++n)
         backward_neurons<A, SG, DI, HR, SM, 1, false, DG>(
-            gsp + n, gvp + n, xp + n, v0p ? v0p + n : nullptr, gxp + n, gv0p + n,
-            grad_decay_partial ? grad_decay_partial + n : nullptr, v_chunk ? v_chunk + n : nullptr,
-            T, N, p);
+            gsp + n, gvp + n, xp + n, at_neuron(v0p, n), gxp + n, gv0p + n,
+            at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
     }
   }
 }
@@ -234,14 +232,13 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
     double alpha, bool smooth) {
   check_forward_inputs(x, v0, decay, surrogate, alpha);
   TORCH_CHECK(!smooth, "_lif_forward_gpu_threads: no smooth mode");
-  with_gpu_storage(x, "_lif_forward_gpu_threads", [](auto) {});  // dtype check first
   auto spikes = at::empty_like(x);
   auto v_last = at::empty({x.size(1)}, x.options());
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
-  p.decay = decay.data_ptr<float>()[0];
   const int64_t T = x.size(0), N = x.size(1);
   with_gpu_storage(x, "_lif_forward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);
+    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
     constexpr int kLanes = kForwardLanes<S>;
     const S* xp = data_as<S>(x);
     const S* v0p = optional_data_as<S>(v0);
@@ -269,16 +266,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
   check_forward_inputs(x, v0, decay, surrogate, alpha);
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth, "_lif_backward_gpu_threads: no smooth mode");
-  with_gpu_storage(x, "_lif_backward_gpu_threads", [](auto) {});  // dtype check first
   BackwardBuffers out(x, decay, need_decay_grad);
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
-  p.decay = decay.data_ptr<float>()[0];
   const int64_t T = x.size(0), N = x.size(1);
-  float* partial = out.decay_partial_ptr<float>();
-  float* chunk = out.v_chunk_ptr<float>();
   bool known = true;
   with_gpu_storage(x, "_lif_backward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);
+    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
+    float* partial = out.decay_partial_ptr<float>();
+    float* chunk = out.v_chunk_ptr<float>();
     const S* gsp = data_as<S>(grad_spikes);
     const S* gvp = data_as<S>(grad_v_last);
     const S* xp = data_as<S>(x);

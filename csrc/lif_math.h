@@ -346,9 +346,8 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         for (int l = 0; l < LANES; ++l) {
           const A xv = xt[l];
           const A hv = charge<A, DecayInput>(v[l], xv, p);
-          if (DecayGrad)
-            dh_dk[DecayGrad ? j : 0][l] =
-                need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
+          if constexpr (DecayGrad)
+            dh_dk[j][l] = need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
           h[j][l] = hv;
           v[l] = reset<A, HardReset>(hv, fire<A, SG, Smooth>(hv, p), p);
         }
@@ -364,7 +363,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
           const A hv = h[j][l];
           const A gh = grad_h<A, SG, HardReset>(gst[l], gv[l], hv, fire<A, SG, Smooth>(hv, p), p);
           gxt.set(l, grad_x_from_h<A, DecayInput>(gh, p));
-          if (DecayGrad) gk[l] += gh * dh_dk[DecayGrad ? j : 0][l];
+          if constexpr (DecayGrad) gk[l] += gh * dh_dk[j][l];
           gv[l] = grad_v_prev_from_h(gh, p);
         }
         gxt.flush();

@@ -56,7 +56,8 @@ constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
 // baseline, and the loader picks one by CPU (GCC/Clang function
 // multi-versioning), so a portable build still runs 16- or 8-wide where the CPU
 // allows. The backward is compute-bound (the sigmoid surrogate's exp and
-// divide): AVX-512 took it from 6.6 to 5.2 ms at T=8, 2^20 neurons (2 cores).
+// divide): AVX-512 took the sigmoid backward from 6.6 to 5.2 ms at T=8, 2^20
+// neurons on 2 cores (measured as benchmarks/bench_lif_backward.py does).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TCL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else

@@ -1,0 +1,94 @@
+"""Time the LIF backward op alone, per surrogate and dtype, on the CPU.
+
+    python benchmarks/bench_lif_backward.py            # T=8, 2^20 neurons
+    python benchmarks/bench_lif_backward.py --T 32
+
+Shows what the backward's compute costs beside its memory traffic: the
+sigmoid surrogate (an exp and a divide per element) against the cheaper ones.
+Calls torch.ops.tcl_fast.lif_forward / lif_backward directly (no autograd),
+median of repeated calls after a warm-up. Run it with
+MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 to keep
+freed outputs in the heap (the warm state a training loop sees); otherwise each
+fresh 32 MiB output pays its page faults on this kind of VM.
+Prints a table and writes JSON (default benchmarks/results/lif_backward_cpu.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_lif import device_name  # noqa: E402  (this script's folder is on sys.path)
+from tcl_fast import _extension  # noqa: E402
+from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--T", type=int, default=8)
+    ap.add_argument("--neurons", type=int, default=1 << 20)
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if not _extension.has_cpp():
+        ap.error(f"tcl_fast._C is not built: {_extension.load_error()}")
+
+    device = torch.device("cpu")
+    name = device_name(device)
+    print(f"device: {name}; torch {torch.__version__}; T={args.T}, neurons={args.neurons}; "
+          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
+    ops = torch.ops.tcl_fast
+    decay = torch.tensor(0.5)
+    rows = []
+    print(f"{'dtype':>9} {'op':>9} {'surrogate':>10} {'ms':>8}")
+    for dname in args.dtypes:
+        dtype = DTYPES[dname]
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(args.T, args.neurons, generator=g) * 1.5 + 0.4).to(dtype)
+        grad_s = torch.randn(args.T, args.neurons, generator=g).to(dtype)
+        grad_v = torch.zeros(args.neurons, dtype=dtype)
+        ms = median_ms(lambda: ops.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False),
+                       args.repeats)
+        rows.append(dict(dtype=dname, op="forward", surrogate=None, ms=ms))
+        print(f"{dname:>9} {'forward':>9} {'-':>10} {ms:>8.2f}")
+        for sid, sname in enumerate(SURROGATES):
+            alpha = DEFAULT_ALPHA[sname]
+            ms = median_ms(lambda: ops.lif_backward(grad_s, grad_v, x, None, decay, 1.0, 0.0, True, True,
+                                                    False, sid, alpha, False, False), args.repeats)
+            rows.append(dict(dtype=dname, op="backward", surrogate=sname, ms=ms))
+            print(f"{dname:>9} {'backward':>9} {sname:>10} {ms:>8.2f}")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   "lif_backward_cpu.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(dict(benchmark="lif_backward", device=name, torch=torch.__version__, T=args.T,
+                       neurons=args.neurons, malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       command=" ".join(["python", "benchmarks/bench_lif_backward.py"] + (argv or sys.argv[1:])),
+                       rows=rows), f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -149,7 +149,10 @@ _SJ_REPORTED: set = set()
 # Backends timed under extra environment variables, set around the whole call
 # (forward and backward): TCL_FAST_CUDA_PACKED=0 is read by the CUDA launcher at
 # every launch and forces one neuron per thread.
-BACKEND_ENV = {"cuda-unpacked": {"TCL_FAST_CUDA_PACKED": "0"}}
+# The same CUDA kernels under launcher settings (csrc/lif_cuda.cu, lif_threads.h):
+# one neuron per thread, or at most 2 per backward thread.
+BACKEND_ENV = {"cuda-unpacked": {"TCL_FAST_CUDA_PACKED": "0"},
+               "cuda-bwd2": {"TCL_FAST_CUDA_BWD_LANES": "2"}}
 
 
 @contextlib.contextmanager
@@ -175,8 +178,9 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
     for name in ("cpp", "cuda", "triton"):
         if backend_available(name, device, dtype):
             backends[name] = (lambda b: lambda x: tcl_fast.lif_multistep(x, backend=b))(name)
-    if "cuda" in backends:  # the same kernels with one neuron per thread, side by side
-        backends["cuda-unpacked"] = backends["cuda"]
+    if "cuda" in backends:  # the same kernels under other launcher settings, side by side
+        for name in BACKEND_ENV:
+            backends[name] = backends["cuda"]
     backends.update(spikingjelly_backends(device, dtype))
     return backends
 
@@ -191,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
+    ap.add_argument("--backends", nargs="+", default=None,
+                    help="time only these (names as in the table; torch always runs)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
     args = ap.parse_args(argv)
 
@@ -218,6 +224,9 @@ def main(argv=None) -> int:
             for N in args.neurons:
                 torch._dynamo.reset()  # one fresh compile per shape, not a recompile chain
                 backends = make_backends(device, dtype, not args.no_compile)
+                if args.backends:  # the torch reference stays: it is the speed-up baseline
+                    backends = {k: v for k, v in backends.items()
+                                if k == "torch" or k in args.backends}
                 torch.manual_seed(0)
                 x = (torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype)
                 grad = torch.randn_like(x)

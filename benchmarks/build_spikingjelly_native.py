@@ -38,7 +38,16 @@ def main(argv=None) -> int:
     if not os.path.isdir(dest):
         print(f"error: {dest} missing: not SpikingJelly 2.x")
         return 2
+    if torch.cuda.is_available():
+        # Build for exactly this GPU, machine code plus PTX. SpikingJelly's loader
+        # matches `code=sm_NN` / `code=compute_NN` with nothing after the digits,
+        # so an inherited arch list such as "9.0a" (code=sm_90a) builds a binary
+        # it then refuses ("no supported binary/PTX target").
+        major, minor = torch.cuda.get_device_capability()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}+PTX"
     arch_flags = _get_cuda_arch_flags()
+    print("arch flags:", " ".join(arch_flags), "| TORCH_CUDA_ARCH_LIST =",
+          os.environ.get("TORCH_CUDA_ARCH_LIST"))
     # ATen/cuda/CUDAContext.h wants cusparse.h etc.; a toolkit without them may
     # still have them from the nvidia-* pip packages torch depends on.
     extra = []
@@ -61,6 +70,12 @@ def main(argv=None) -> int:
                        cuda_version=torch.version.cuda, cuda_arch_flags=arch_flags,
                        torch_cuda_arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST")), f, indent=2)
     print(f"built SpikingJelly's native LIF into {dest}")
+    if torch.cuda.is_available():
+        # Ask SpikingJelly's own loader now, so a refusal shows here and not as a
+        # missing benchmark row.
+        from spikingjelly._ops.native_loader import _check_native_device
+        _check_native_device(dict(cuda_arch_flags=arch_flags), torch.cuda.current_device())
+        print("SpikingJelly's loader accepts it for this GPU")
     return 0
 
 

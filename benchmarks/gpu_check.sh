@@ -7,6 +7,8 @@
 #   STAGES="lif supcon" bash benchmarks/gpu_check.sh OUT2   # e.g. 10-minute limits
 #   FULL=1 ...        the benchmarks' full default sweeps
 #   SJ_NATIVE=1 ...   also build SpikingJelly's native CUDA LIF from .whl/spikingjelly-*.tar.gz
+#   TESTS="tests/ops/test_lif.py -k cuda" ...   a narrower test selection
+#   LIF_ARGS="--dtypes float16 --T 8 32 ..." ...  bench_lif.py's arguments (lean sweep by default)
 #
 # Builds tcl_fast against the torch there (--no-build-isolation; a rebuild on
 # the same machine is incremental), then runs the chosen stages: "tests" (the
@@ -61,7 +63,8 @@ stage tests | tee -a "$LOG"
 XDIST=""
 python -c "import xdist" 2>/dev/null && XDIST="-n 8"
 python -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 120"
-timeout "$T_TESTS" python -m pytest tests/ops tests/losses tests/test_build.py -v -rfEs $XDIST > "$OUT/tests.log" 2>&1
+read -r -a TEST_SEL <<< "${TESTS:-tests/ops tests/losses tests/test_build.py}"
+timeout "$T_TESTS" python -m pytest "${TEST_SEL[@]}" -v -rfEs $XDIST > "$OUT/tests.log" 2>&1
 [ $? -eq 0 ] || status=1
 grep -E " (FAILED|ERROR) " "$OUT/tests.log" | head -40 | tee -a "$LOG"; tail -3 "$OUT/tests.log" | tee -a "$LOG"
 fi
@@ -73,7 +76,7 @@ if [ -n "$SJ_PID" ]; then
 fi
 stage bench_lif | tee -a "$LOG"
 if [ -n "${FULL:-}" ]; then LIF_ARGS=(); else
-  LIF_ARGS=(--dtypes float16 float32 bfloat16 --neurons 4194304 --T 4 8 16 32 --no-compile); fi
+  read -r -a LIF_ARGS <<< "${LIF_ARGS:---dtypes float16 float32 bfloat16 --neurons 4194304 --T 4 8 16 32 --no-compile}"; fi
 timeout "$T_LIF" python benchmarks/bench_lif.py "${LIF_ARGS[@]}" --out "$OUT/lif_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

@@ -292,6 +292,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
             if (lanes == kBackwardLanes)
               backward_thread<S, kBackwardLanes, false, SG, DI, HR>(
                   t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr, chunk, T, N, p);
+            else if (lanes == 2)
+              backward_thread<S, 2, false, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr,
+                                                       chunk, T, N, p);
             else
               backward_thread<S, 1, true, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, partial,
                                                       chunk, T, N, p);

@@ -48,8 +48,14 @@ __global__ void __launch_bounds__(kThreads)
                                    x, v0, spikes, v_last, T, N, p);
 }
 
+// A 4-lane backward thread holds a 16-step chunk of h for 4 neurons in
+// registers: left alone ptxas takes ~140, one block per multiprocessor; capped
+// at 128 (a few bytes spilled) two blocks fit.
+template <int LANES>
+constexpr int kBackwardMinBlocks = LANES >= 4 ? 2 : 1;
+
 template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<LANES>)
     backward_kernel(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                     const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ grad_x,
                     S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,
@@ -136,9 +142,9 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
   bool known_surrogate = true;
   with_storage_type(a.dtype, [&](auto tag) {
     using S = decltype(tag);
-    const bool packed = packing_enabled() &&
-                        backward_thread_lanes<S>(a.N, grad_decay_partial != nullptr, grad_spikes, x,
-                                                 grad_x) == kBackwardLanes;
+    const int lanes = packing_enabled() ? backward_thread_lanes<S>(
+                                              a.N, grad_decay_partial != nullptr, grad_spikes, x, grad_x)
+                                        : 1;
     known_surrogate = with_surrogate(a.surrogate, [&](auto sg) {
       with_bool(a.decay_input, [&](auto di) {
         with_bool(a.hard_reset, [&](auto hr) {
@@ -150,10 +156,13 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
           const auto* v0s = static_cast<const S*>(v0);
           auto* gx = static_cast<S*>(grad_x);
           auto* gv0 = static_cast<S*>(grad_v0);
-          if (packed)
+          if (lanes == kBackwardLanes)
             backward_kernel<S, kBackwardLanes, false, SG, DI, HR>
                 <<<grid_for(a.N, kBackwardLanes), kThreads, 0, stream>>>(
                     gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
+          else if (lanes == 2)
+            backward_kernel<S, 2, false, SG, DI, HR><<<grid_for(a.N, 2), kThreads, 0, stream>>>(
+                gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
           else
             backward_kernel<S, 1, true, SG, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
                 gs, gvl, xs, v0s, gx, gv0, grad_decay_partial, v_chunk, decay, a.T, a.N, p);

@@ -266,16 +266,45 @@ struct RowOut<S, LANES, true> {
 // (CPU): it re-runs the forward recursion instead of saving h in forward.
 constexpr int kTimeChunk = 16;
 
+// TB ("time batch", GPU threads): load TB rows, then compute and store them.
+// The loads of a batch are then in flight together; left to the compiler, a
+// packed store (through a reinterpret_cast) may alias the next step's load and
+// pins every load behind the previous step's store: one load in flight per
+// thread, latency-bound. The CPU kernel keeps TB = 1.
 template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
-          bool Packed = false, typename S>
+          bool Packed = false, int TB = 1, typename S>
 TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
                             S* __restrict__ spikes, S* __restrict__ v_last,
                             int64_t T, int64_t stride, const Params<A>& p) {
   A v[LANES];
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
+  int64_t t = 0;
+  if constexpr (TB > 1) {
+    for (; t + TB <= T; t += TB) {
+      A xb[TB][LANES];
+      TCL_UNROLL
+      for (int j = 0; j < TB; ++j) {
+        const RowIn<A, S, LANES, Packed> xt(x + (t + j) * stride);
+        TCL_UNROLL
+        for (int l = 0; l < LANES; ++l) xb[j][l] = xt[l];
+      }
+      TCL_UNROLL
+      for (int j = 0; j < TB; ++j) {
+        RowOut<S, LANES, Packed> st(spikes + (t + j) * stride);
+        TCL_UNROLL
+        for (int l = 0; l < LANES; ++l) {
+          const A h = charge<A, DecayInput>(v[l], xb[j][l], p);
+          const A s = fire<A, SG, Smooth>(h, p);
+          v[l] = reset<A, HardReset>(h, s, p);
+          st.set(l, s);
+        }
+        st.flush();
+      }
+    }
+  }
   TCL_TIME_UNROLL
-  for (int64_t t = 0; t < T; ++t) {
+  for (; t < T; ++t) {
     const RowIn<A, S, LANES, Packed> xt(x + t * stride);
     RowOut<S, LANES, Packed> st(spikes + t * stride);
     TCL_SIMD
@@ -295,8 +324,12 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
 // dL/dh * dh/dk per neuron; a caller that never wants it sets DecayGrad = false,
 // which drops the per-step dh/dk buffer (registers on the GPU). v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
 // (row stride `stride`) holding the membrane at the start of each later chunk.
+//
+// RB > 1 (GPU threads): the chunk's x rows are all loaded before the recompute,
+// and the walk back loads RB rows of grad_spikes before it computes on them,
+// for the same reason as forward's TB. RB must divide kTimeChunk.
 template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
-          bool Packed = false, bool DecayGrad = true, typename S>
+          bool Packed = false, bool DecayGrad = true, int RB = 1, typename S>
 TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                              const S* __restrict__ x, const S* __restrict__ v0,
                              S* __restrict__ grad_x, S* __restrict__ grad_v0,
@@ -338,13 +371,24 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
     TCL_SIMD
     for (int l = 0; l < LANES; ++l)
       v[l] = c > 0 ? v_chunk[(c - 1) * stride + l] : (v0 ? static_cast<A>(v0[l]) : p.v_reset);
+    if constexpr (RB > 1) {
+      // h[j] holds x[t0 + j] until the recompute below turns it into h.
+      TCL_UNROLL
+      for (int j = 0; j < kTimeChunk; ++j) {
+        if (j < len) {
+          const RowIn<A, S, LANES, Packed> xt(x + (t0 + j) * stride);
+          TCL_UNROLL
+          for (int l = 0; l < LANES; ++l) h[j][l] = xt[l];
+        }
+      }
+    }
     TCL_UNROLL
     for (int j = 0; j < kTimeChunk; ++j) {
       if (j < len) {
-        const RowIn<A, S, LANES, Packed> xt(x + (t0 + j) * stride);
+        const S* __restrict__ xrow = x + (t0 + j) * stride;  // read here only when RB == 1
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A xv = xt[l];
+          const A xv = RB > 1 ? h[j][l] : static_cast<A>(xrow[l]);
           const A hv = charge<A, DecayInput>(v[l], xv, p);
           if constexpr (DecayGrad)
             dh_dk[j][l] = need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
@@ -353,20 +397,37 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         }
       }
     }
+    static_assert(kTimeChunk % RB == 0, "RB must divide kTimeChunk");
     TCL_UNROLL
-    for (int j = kTimeChunk - 1; j >= 0; --j) {
-      if (j < len) {
-        const RowIn<A, S, LANES, Packed> gst(grad_spikes + (t0 + j) * stride);
-        RowOut<S, LANES, Packed> gxt(grad_x + (t0 + j) * stride);
-        TCL_SIMD
-        for (int l = 0; l < LANES; ++l) {
-          const A hv = h[j][l];
-          const A gh = grad_h<A, SG, HardReset>(gst[l], gv[l], hv, fire<A, SG, Smooth>(hv, p), p);
-          gxt.set(l, grad_x_from_h<A, DecayInput>(gh, p));
-          if constexpr (DecayGrad) gk[l] += gh * dh_dk[j][l];
-          gv[l] = grad_v_prev_from_h(gh, p);
+    for (int j0 = kTimeChunk - RB; j0 >= 0; j0 -= RB) {
+      A gs[RB][LANES];
+      if constexpr (RB > 1) {
+        TCL_UNROLL
+        for (int i = 0; i < RB; ++i) {
+          if (j0 + i < len) {
+            const RowIn<A, S, LANES, Packed> gst(grad_spikes + (t0 + j0 + i) * stride);
+            TCL_UNROLL
+            for (int l = 0; l < LANES; ++l) gs[i][l] = gst[l];
+          }
         }
-        gxt.flush();
+      }
+      TCL_UNROLL
+      for (int i = RB - 1; i >= 0; --i) {
+        const int j = j0 + i;
+        if (j < len) {
+          const S* __restrict__ gsrow = grad_spikes + (t0 + j) * stride;  // RB == 1 only
+          RowOut<S, LANES, Packed> gxt(grad_x + (t0 + j) * stride);
+          TCL_SIMD
+          for (int l = 0; l < LANES; ++l) {
+            const A hv = h[j][l];
+            const A g = RB > 1 ? gs[i][l] : static_cast<A>(gsrow[l]);
+            const A gh = grad_h<A, SG, HardReset>(g, gv[l], hv, fire<A, SG, Smooth>(hv, p), p);
+            gxt.set(l, grad_x_from_h<A, DecayInput>(gh, p));
+            if constexpr (DecayGrad) gk[l] += gh * dh_dk[j][l];
+            gv[l] = grad_v_prev_from_h(gh, p);
+          }
+          gxt.flush();
+        }
       }
     }
   }

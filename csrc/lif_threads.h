@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include <cstdlib>
 #include <initializer_list>
 
 #include "lif_math.h"
@@ -45,14 +46,34 @@ template <typename S>
 inline int forward_thread_lanes(int64_t N, const void* x, const void* spikes) {
   return rows_packable(N, kForwardLanes<S>, sizeof(S), {x, spikes}) ? kForwardLanes<S> : 1;
 }
+// TCL_FAST_CUDA_BWD_LANES=2 (or 1) caps the backward's packed width, read at
+// every launch: fewer lanes, fewer registers per thread, more threads resident.
+// bench_lif.py times the widths side by side.
+inline int backward_lanes_cap() {
+  const char* v = std::getenv("TCL_FAST_CUDA_BWD_LANES");
+  if (v == nullptr) return kBackwardLanes;
+  const int lanes = std::atoi(v);
+  return lanes == 1 || lanes == 2 ? lanes : kBackwardLanes;
+}
+
 // The learnable-decay gradient needs a second 16-step register buffer: that
-// rarer case keeps one neuron per thread.
+// rarer case keeps one neuron per thread. Else the widest of 4, 2 neurons
+// whose rows are aligned.
 template <typename S>
 inline int backward_thread_lanes(int64_t N, bool need_decay_grad, const void* grad_spikes,
                                  const void* x, const void* grad_x) {
   if (need_decay_grad) return 1;
-  return rows_packable(N, kBackwardLanes, sizeof(S), {grad_spikes, x, grad_x}) ? kBackwardLanes : 1;
+  for (int lanes = backward_lanes_cap(); lanes > 1; lanes /= 2)
+    if (rows_packable(N, lanes, sizeof(S), {grad_spikes, x, grad_x})) return lanes;
+  return 1;
 }
+
+// Rows a thread loads before it computes on them (lif_math.h's TB and RB):
+// its loads in flight. One-lane threads take more steps per batch, so a thread
+// still has about 32 bytes in flight.
+template <int LANES>
+constexpr int kForwardTimeBatch = LANES == 1 ? 8 : 4;
+constexpr int kBackwardTimeBatch = 4;
 
 template <typename S, int LANES, bool DI, bool HR>
 TCL_HD void forward_thread(int64_t thread, const S* __restrict__ x, const S* __restrict__ v0,
@@ -60,7 +81,7 @@ TCL_HD void forward_thread(int64_t thread, const S* __restrict__ x, const S* __r
                            const Params<float>& p) {
   const int64_t n = thread * LANES;
   if (n >= N) return;
-  forward_neurons<float, kSigmoid, DI, HR, false, LANES, (LANES > 1)>(
+  forward_neurons<float, kSigmoid, DI, HR, false, LANES, (LANES > 1), kForwardTimeBatch<LANES>>(
       x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p);
 }
 
@@ -74,7 +95,7 @@ TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
                             const Params<float>& p) {
   const int64_t n = thread * LANES;
   if (n >= N) return;
-  backward_neurons<float, SG, DI, HR, false, LANES, (LANES > 1), DG>(
+  backward_neurons<float, SG, DI, HR, false, LANES, (LANES > 1), DG, kBackwardTimeBatch>(
       grad_spikes + n, grad_v_last + n, x + n, at_neuron(v0, n), grad_x + n, grad_v0 + n,
       at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
 }

@@ -2,8 +2,8 @@
 
 ``tcl_fast::_lif_*_gpu_threads`` loop over the grid lif_cuda.cu would launch and
 run each thread's body (csrc/lif_threads.h) with the lanes the launcher picks:
-4 float32 or 8 16-bit neurons per thread forward (4 backward) with one packed
-row access per step when the rows are aligned, else one. Without a GPU these tests are what covers the
+4 float32 or 8 16-bit neurons per thread forward (4, else 2, backward) with one
+packed row access per step when the rows are aligned, else one. Without a GPU these tests are what covers the
 packed access and the neuron-to-thread mapping; the math itself is shared with
 the CPU kernel, which tests/ops/test_lif.py checks against the reference.
 """
@@ -49,11 +49,14 @@ def _both(x, v0, decay, args, need_decay_grad, seed=1):
 def test_gpu_thread_mapping_matches_cpu_kernel(surrogate, decay_input, hard_reset, detach_reset):
     args = _args(surrogate, decay_input, hard_reset, detach_reset)
     decay = torch.tensor(1 / 2.5)
-    # N multiple of 4: packed (4 neurons per thread); N = 37: one per thread.
-    # T spans the backward's 16-step chunks: 1, 16 (one full), 37 (two + a ragged one).
+    # N multiple of 4: packed (4 neurons per thread); N = 38: 2 per thread
+    # backward; N = 37: one per thread. T spans the backward's 16-step chunks
+    # (1, 16: one full, 37: two + a ragged one) and the threads' batches of
+    # 4 or 8 steps with their remainders.
     for T, N, with_v0, need_decay_grad in [(1, 8, False, False), (16, 36, True, False),
                                            (37, 64, False, False), (37, 64, True, True),
-                                           (17, 37, True, False), (5, 4, False, True)]:
+                                           (17, 37, True, False), (5, 4, False, True),
+                                           (23, 38, True, False), (9, 37, False, False)]:
         g = torch.Generator().manual_seed(T * 100 + N)
         x = torch.randn(T, N, generator=g) * 1.5 + 0.4
         v0 = torch.randn(N, generator=g) * 0.5 if with_v0 else None
@@ -105,3 +108,18 @@ def test_gpu_thread_ops_reject_other_dtypes():
     with pytest.raises(RuntimeError, match="float32, float16 or bfloat16 only"):
         torch.ops.tcl_fast._lif_forward_gpu_threads(x, None, torch.tensor(0.5, dtype=torch.float64),
                                                    *_args("sigmoid", True, True, False))
+
+
+@pytest.mark.parametrize("lanes", ["2", "1"])
+def test_backward_lanes_cap_from_env(monkeypatch, lanes):
+    # TCL_FAST_CUDA_BWD_LANES narrows the backward's packed width (bench_lif.py
+    # times the widths side by side); every width must compute the same result.
+    monkeypatch.setenv("TCL_FAST_CUDA_BWD_LANES", lanes)
+    args = _args("atan", True, False, False)
+    decay = torch.tensor(0.4)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(21, 64, generator=g) * 1.5 + 0.4
+    v0 = torch.randn(64, generator=g) * 0.5
+    got, want = _both(x, v0, decay, args, False)
+    for a, b in zip(got[:4], want[:4]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -53,14 +53,18 @@ def _cuda_build_wanted() -> bool:
 
 def _extension():
     csrc = os.path.join("csrc")
-    sources = [os.path.join(csrc, f) for f in ("ops.cpp", "lif_cpu.cpp")]
+    # One translation unit per CPU dtype (mamba-style), so builds run them in parallel.
+    cpu_sources = ("ops.cpp", "lif_cpu.cpp", "lif_cpu_float.cpp", "lif_cpu_double.cpp",
+                   "lif_cpu_half.cpp", "lif_cpu_bfloat16.cpp", "lif_gpu_threads_cpu.cpp")
+    sources = [os.path.join(csrc, f) for f in cpu_sources]
     # -ffp-contract=off: no FMA contraction, so spikes match the reference bit for bit.
     # -fno-trapping-math: lets GCC if-convert the compares so the lane loops vectorise
     # (changes no value; only FP-exception semantics, which torch does not use).
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
     if _cuda_build_wanted():
-        sources += [os.path.join(csrc, f) for f in ("lif_cuda_ops.cpp", "lif_cuda.cu")]
+        sources += [os.path.join(csrc, f) for f in ("lif_cuda_ops.cpp", "lif_cuda.cu", "lif_cuda_float.cu",
+                                                    "lif_cuda_half.cu", "lif_cuda_bfloat16.cu")]
         # --fmad=false: the forward must round exactly like the CPU kernel and the
         # reference so spikes match bit for bit; the kernels are memory bound.
         nvcc = ["-O3", "--fmad=false", "-lineinfo"]

@@ -1,141 +1,25 @@
-// CPU implementation of tcl_fast::lif_forward / lif_backward.
-// Parallel over blocks of neurons (at::parallel_for, OpenMP in torch builds);
-// inside a block the time loop runs over kLanes neighbouring neurons whose
-// per-step loop vectorises (see the drivers in lif_math.h).
-#include <ATen/Parallel.h>
+// CPU registrations of tcl_fast::lif_forward / lif_backward: input checks and
+// the dtype switch; the kernels are in lif_cpu_kernels.h, compiled per dtype.
 #include <torch/library.h>
 
-#include "lif_common.h"
-#include "lif_threads.h"
+#include "lif_cpu_kernels.h"
 
 namespace tcl_fast {
 namespace lif {
+namespace cpu {
 namespace {
 
-// bfloat16 storage with conversions in plain integer arithmetic, so the lane
-// loops vectorise (c10::BFloat16's conversions do not); round to nearest even,
-// NaN kept NaN, exactly like c10. The drivers find its store_as overload by
-// argument-dependent lookup.
-struct BFloat16Bits {
-  uint16_t bits;
-  inline __attribute__((always_inline)) explicit operator float() const {
-    return __builtin_bit_cast(float, static_cast<uint32_t>(bits) << 16);
-  }
-};
-
-inline __attribute__((always_inline)) uint16_t bfloat16_bits_of(float f) {
-  const uint32_t u = __builtin_bit_cast(uint32_t, f);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan_mask = 0u - static_cast<uint32_t>((u & 0x7FFFFFFFu) > 0x7F800000u);
-  return static_cast<uint16_t>((((u >> 16) | 0x40u) & nan_mask) | (rounded & ~nan_mask));
-}
-
-// Writes the bits straight into the tensor: no temporary struct in the lane loop.
-inline __attribute__((always_inline)) void store_as(BFloat16Bits& dst, float value) {
-  dst.bits = bfloat16_bits_of(value);
-}
-static_assert(sizeof(BFloat16Bits) == sizeof(at::BFloat16), "bfloat16 storage");
-
-// The element type the kernels see for each tensor dtype.
-template <typename T>
-using KernelStorage = std::conditional_t<std::is_same<T, at::BFloat16>::value, BFloat16Bits, T>;
-
-template <typename S>
-const S* data_as(const at::Tensor& t) { return static_cast<const S*>(t.const_data_ptr()); }
-template <typename S>
-S* mutable_data_as(at::Tensor& t) { return static_cast<S*>(t.mutable_data_ptr()); }
-template <typename S>
-const S* optional_data_as(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? data_as<S>(*t) : nullptr;
-}
-
-constexpr int kLanes = 128;               // neurons per vectorised group
-constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
-
-// The group loops are compiled three times, for AVX-512, AVX2 and the x86-64
-// baseline, and the loader picks one by CPU (GCC/Clang function
-// multi-versioning), so a portable build still runs 16- or 8-wide where the CPU
-// allows. The backward is compute-bound (the sigmoid surrogate's exp and
-// divide): AVX-512 took the sigmoid backward from 6.6 to 5.2 ms at T=8, 2^20
-// neurons on 2 cores (measured as benchmarks/bench_lif_backward.py does).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TCL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define TCL_CPU_CLONES
-#endif
-
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
-TCL_CPU_CLONES void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N,
-                                   int64_t g0, int64_t g1, const Params<A>& p) {
-  for (int64_t g = g0; g < g1; ++g) {
-    const int64_t n0 = g * kLanes;
-    if (n0 + kLanes <= N) {
-      forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, at_neuron(v0p, n0), sp + n0, vp + n0, T, N, p);
-    } else {  // ragged tail: one neuron at a time
-      for (int64_t n = n0; n < N; ++n)
-        forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
-    }
+// The kernels' storage type for each tensor dtype.
+template <typename F>
+void with_cpu_storage(const at::Tensor& x, const char* name, F&& f) {
+  switch (x.scalar_type()) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    case at::kBFloat16: f(BFloat16Bits{}); break;
+    default: TORCH_CHECK(false, name, ": floating point x only, got ", x.scalar_type());
   }
 }
-
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
-TCL_CPU_CLONES void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp,
-                                    S* gv0p, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N,
-                                    int64_t g0, int64_t g1, const Params<A>& p) {
-  // No lambda here: a lambda's body is a separate function that target_clones
-  // does not clone, so it would be built for the baseline ISA only (SSE2).
-  for (int64_t g = g0; g < g1; ++g) {
-    const int64_t n0 = g * kLanes;
-    if (n0 + kLanes <= N) {
-      backward_neurons<A, SG, DI, HR, SM, kLanes, false, DG>(
-          gsp + n0, gvp + n0, xp + n0, at_neuron(v0p, n0), gxp + n0, gv0p + n0,
-          at_neuron(grad_decay_partial, n0), at_neuron(v_chunk, n0), T, N, p);
-    } else {  // ragged tail: one neuron at a time
-      for (int64_t n = n0; n < N; ++n)
-        backward_neurons<A, SG, DI, HR, SM, 1, false, DG>(
-            gsp + n, gvp + n, xp + n, at_neuron(v0p, n), gxp + n, gv0p + n,
-            at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
-    }
-  }
-}
-
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
-void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
-                       at::Tensor& v_last, const Params<A>& p) {
-  const int64_t T = x.size(0), N = x.size(1);
-  const S* xp = data_as<S>(x);
-  const S* v0p = optional_data_as<S>(v0);
-  S* sp = mutable_data_as<S>(spikes);
-  S* vp = mutable_data_as<S>(v_last);
-  at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-    forward_groups<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
-  });
-}
-
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
-void backward_cpu_typed(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
-                        const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
-                        at::Tensor& grad_v0, A* grad_decay_partial, A* v_chunk,
-                        const Params<A>& p) {
-  const int64_t T = x.size(0), N = x.size(1);
-  const S* gsp = data_as<S>(grad_spikes);
-  const S* gvp = data_as<S>(grad_v_last);
-  const S* xp = data_as<S>(x);
-  const S* v0p = optional_data_as<S>(v0);
-  S* gxp = mutable_data_as<S>(grad_x);
-  S* gv0p = mutable_data_as<S>(grad_v0);
-  // Without a learnable tau the per-step dh/dk buffer is compiled out.
-  with_bool(grad_decay_partial != nullptr, [&](auto dg) {
-    at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-      backward_groups<S, A, SG, DI, HR, SM, decltype(dg)::value>(
-          gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
-    });
-  });
-}
-
-// Smooth (test) mode is built for float64 only, to keep compile time down.
-template <typename S>
-constexpr bool smooth_supported() { return std::is_same<S, double>::value; }
 
 std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
@@ -147,27 +31,9 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
   auto spikes = at::empty_like(x);
   auto v_last = at::empty({x.size(1)}, x.options());
   if (x.numel() == 0) return {spikes, v_last};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward_cpu", [&] {
-    using S = KernelStorage<scalar_t>;
-    using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
-    auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
-    p.decay = decay.data_ptr<A>()[0];
-    with_bool(decay_input, [&](auto di) {
-      with_bool(hard_reset, [&](auto hr) {
-        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-        if constexpr (smooth_supported<S>()) {
-          if (smooth) {
-            const bool known = with_surrogate(surrogate, [&](auto sg) {
-              forward_cpu_typed<S, A, decltype(sg)::value, DI, HR, true>(x, v0, spikes, v_last, p);
-            });
-            TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
-            return;
-          }
-        }
-        // Without smooth mode the forward does not depend on the surrogate.
-        forward_cpu_typed<S, A, kSigmoid, DI, HR, false>(x, v0, spikes, v_last, p);
-      });
-    });
+  const OpArgs a{v_threshold, v_reset, alpha, hard_reset, decay_input, detach_reset, smooth, surrogate};
+  with_cpu_storage(x, "lif_forward_cpu", [&](auto tag) {
+    forward_dtype<decltype(tag)>(x, v0, decay, spikes, v_last, a);
   });
   return {spikes, v_last};
 }
@@ -183,125 +49,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
   BackwardBuffers out(x, decay, need_decay_grad);
   if (x.numel() == 0) return out.finish(decay);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_backward_cpu", [&] {
-    using S = KernelStorage<scalar_t>;
-    using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
-    auto p = make_params<A>(v_threshold, v_reset, alpha, detach_reset);
-    p.decay = decay.data_ptr<A>()[0];
-    A* partial = out.decay_partial_ptr<A>();
-    A* chunk = out.v_chunk_ptr<A>();
-    const bool known = with_surrogate(surrogate, [&](auto sg) {
-      with_bool(decay_input, [&](auto di) {
-        with_bool(hard_reset, [&](auto hr) {
-          constexpr int SG = decltype(sg)::value;
-          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-          if constexpr (smooth_supported<S>()) {
-            if (smooth) {
-              backward_cpu_typed<S, A, SG, DI, HR, true>(grad_spikes, grad_v_last, x, v0, out.grad_x,
-                                                         out.grad_v0, partial, chunk, p);
-              return;
-            }
-          }
-          backward_cpu_typed<S, A, SG, DI, HR, false>(grad_spikes, grad_v_last, x, v0, out.grad_x,
-                                                      out.grad_v0, partial, chunk, p);
-        });
-      });
-    });
-    TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
-  });
-  return out.finish(decay);
-}
-
-// ---- the CUDA kernels' thread mapping, run on the CPU (tests only) ----------
-// Same schema as lif_forward / lif_backward, float32/float16/bfloat16: every
-// "thread" of the grid lif_cuda.cu would launch runs forward_thread /
-// backward_thread from lif_threads.h with the lanes the launcher would pick
-// (16-bit storage: 8 lanes forward, as on the GPU). Serial and slow.
-template <typename F>
-void with_gpu_storage(const at::Tensor& x, const char* name, F&& f) {
-  switch (x.scalar_type()) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(BFloat16Bits{}); break;
-    default: TORCH_CHECK(false, name, ": float32, float16 or bfloat16 only, got ", x.scalar_type());
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
-    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
-    double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
-    double alpha, bool smooth) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
-  TORCH_CHECK(!smooth, "_lif_forward_gpu_threads: no smooth mode");
-  auto spikes = at::empty_like(x);
-  auto v_last = at::empty({x.size(1)}, x.options());
-  auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
-  const int64_t T = x.size(0), N = x.size(1);
-  with_gpu_storage(x, "_lif_forward_gpu_threads", [&](auto tag) {
-    using S = decltype(tag);
-    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
-    constexpr int kLanes = kForwardLanes<S>;
-    const S* xp = data_as<S>(x);
-    const S* v0p = optional_data_as<S>(v0);
-    S* sp = mutable_data_as<S>(spikes);
-    S* vp = mutable_data_as<S>(v_last);
-    const int lanes = forward_thread_lanes<S>(N, xp, sp);
-    with_bool(decay_input, [&](auto di) {
-      with_bool(hard_reset, [&](auto hr) {
-        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-        for (int64_t t = 0; t * lanes < N; ++t) {
-          if (lanes == kLanes) forward_thread<S, kLanes, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
-          else forward_thread<S, 1, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
-        }
-      });
-    });
-  });
-  return {spikes, v_last};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
-    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
-    const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
-    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
-    bool smooth, bool need_decay_grad) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
-  check_backward_inputs(grad_spikes, grad_v_last, x);
-  TORCH_CHECK(!smooth, "_lif_backward_gpu_threads: no smooth mode");
-  BackwardBuffers out(x, decay, need_decay_grad);
-  auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
-  const int64_t T = x.size(0), N = x.size(1);
+  const OpArgs a{v_threshold, v_reset, alpha, hard_reset, decay_input, detach_reset, smooth, surrogate};
   bool known = true;
-  with_gpu_storage(x, "_lif_backward_gpu_threads", [&](auto tag) {
-    using S = decltype(tag);
-    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
-    float* partial = out.decay_partial_ptr<float>();
-    float* chunk = out.v_chunk_ptr<float>();
-    const S* gsp = data_as<S>(grad_spikes);
-    const S* gvp = data_as<S>(grad_v_last);
-    const S* xp = data_as<S>(x);
-    const S* v0p = optional_data_as<S>(v0);
-    S* gxp = mutable_data_as<S>(out.grad_x);
-    S* gv0p = mutable_data_as<S>(out.grad_v0);
-    const int lanes = backward_thread_lanes<S>(N, partial != nullptr, gsp, xp, gxp);
-    known = with_surrogate(surrogate, [&](auto sg) {
-      with_bool(decay_input, [&](auto di) {
-        with_bool(hard_reset, [&](auto hr) {
-          constexpr int SG = decltype(sg)::value;
-          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-          for (int64_t t = 0; t * lanes < N; ++t) {
-            if (lanes == kBackwardLanes)
-              backward_thread<S, kBackwardLanes, false, SG, DI, HR>(
-                  t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr, chunk, T, N, p);
-            else if (lanes == 2)
-              backward_thread<S, 2, false, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr,
-                                                       chunk, T, N, p);
-            else
-              backward_thread<S, 1, true, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                      chunk, T, N, p);
-          }
-        });
-      });
-    });
+  with_cpu_storage(x, "lif_backward_cpu", [&](auto tag) {
+    known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, out, a);
   });
   TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
   return out.finish(decay);
@@ -312,9 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
 TORCH_LIBRARY_IMPL(tcl_fast, CPU, m) {
   m.impl("lif_forward", &lif_forward_cpu);
   m.impl("lif_backward", &lif_backward_cpu);
-  m.impl("_lif_forward_gpu_threads", &lif_forward_gpu_threads);
-  m.impl("_lif_backward_gpu_threads", &lif_backward_gpu_threads);
 }
 
+}  // namespace cpu
 }  // namespace lif
 }  // namespace tcl_fast

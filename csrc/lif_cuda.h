@@ -1,6 +1,6 @@
 // Plain launcher interface between the torch-facing registration
-// (lif_cuda_ops.cpp) and the kernels (lif_cuda.cu). No torch headers here, so
-// nvcc compiles lif_cuda.cu in seconds rather than minutes.
+// (lif_cuda_ops.cpp) and the kernels (lif_cuda*.cu). No torch headers here, so
+// nvcc compiles the .cu files in seconds rather than minutes.
 #pragma once
 
 #include <stdint.h>

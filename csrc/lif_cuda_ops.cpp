@@ -1,5 +1,5 @@
 // CUDA registration of tcl_fast::lif_forward / lif_backward: checks, output
-// allocation and stream/device selection; the kernels live in lif_cuda.cu.
+// allocation and stream/device selection; the kernels live in lif_cuda_kernels.cuh.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>

@@ -1,5 +1,5 @@
-// Multi-step LIF neuron math, shared by the CPU (lif_cpu.cpp) and CUDA
-// (lif_cuda.cu) kernels so that the CPU tests exercise the GPU's arithmetic.
+// Multi-step LIF neuron math, shared by the CPU (lif_cpu_kernels.h) and CUDA
+// (lif_cuda_kernels.cuh) kernels so that the CPU tests exercise the GPU's arithmetic.
 //
 // Everything here is a __host__ __device__ inline function of one neuron at
 // one time step, in the accumulation type A (float, or double on the CPU).
@@ -31,7 +31,7 @@
 #define TCL_TIME_UNROLL _Pragma("unroll 4")
 #define TCL_SIMD
 #else
-// always_inline: each of the CPU kernel's ISA clones (lif_cpu.cpp) must get its own
+// always_inline: each of the CPU kernel's ISA clones (lif_cpu_kernels.h) must get its own
 // inlined, 8-wide copy of the drivers, not a call into the baseline build.
 #define TCL_HD inline __attribute__((always_inline))
 #define TCL_UNROLL

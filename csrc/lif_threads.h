@@ -1,7 +1,7 @@
 // What one CUDA thread of the LIF kernels does, as host+device code, and how
-// the launcher picks the thread's width. lif_cuda.cu launches these; the CPU
+// the launcher picks the thread's width. lif_cuda_kernels.cuh launches these; the CPU
 // build runs the same thread mapping in a loop (the _lif_*_gpu_threads test
-// ops in lif_cpu.cpp), so the packed row access and the neuron-to-thread
+// ops in lif_gpu_threads_cpu.cpp), so the packed row access and the neuron-to-thread
 // mapping are tested on machines without a GPU.
 #pragma once
 

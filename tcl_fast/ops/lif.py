@@ -4,7 +4,7 @@
 and calls one backend:
 
 * ``cpp``    - ``torch.ops.tcl_fast.lif_forward`` on CPU tensors (csrc/lif_cpu.cpp)
-* ``cuda``   - the same op on CUDA tensors (csrc/lif_cuda.cu)
+* ``cuda``   - the same op on CUDA tensors (csrc/lif_cuda_kernels.cuh)
 * ``triton`` - Triton kernels (tcl_fast/ops/lif_triton.py)
 * ``torch``  - the pure-PyTorch reference (tcl_fast/ops/lif_reference.py)
 

@@ -325,7 +325,7 @@ def test_constant_tau_is_cached_per_value(device):
 @pytest.mark.parametrize("decay", [1.0, 0.5, 1.0 / 3.0])
 def test_cpu_16bit_conversions_every_value(dtype, decay):
     # The CPU kernel converts bfloat16 with its own integer arithmetic
-    # (BFloat16Bits in lif_cpu.cpp), float16 through c10::Half. With T = 1, no v0, a
+    # (BFloat16Bits in lif_cpu_kernels.h), float16 through c10::Half. With T = 1, no v0, a
     # soft reset, decay_input and a threshold nothing reaches, v_last is
     # x * decay rounded back to the dtype: compare that, for all 65536 bit
     # patterns, with torch's conversions.

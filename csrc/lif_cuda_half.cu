@@ -1,0 +1,11 @@
+// The CUDA LIF kernels for Half storage (one translation unit per dtype, so the
+// build compiles them in parallel; see lif_cuda_kernels.cuh).
+#include "lif_cuda_kernels.cuh"
+
+namespace tcl_fast {
+namespace lif {
+namespace cuda {
+TCL_LIF_CUDA_DTYPE(Half)
+}  // namespace cuda
+}  // namespace lif
+}  // namespace tcl_fast

@@ -1,0 +1,177 @@
+// The CUDA LIF kernels and their launch logic as templates over the storage
+// type S; lif_cuda_<dtype>.cu each instantiate one S (so the build compiles
+// them in parallel) and lif_cuda.cu picks one by dtype. One thread per group of
+// neighbouring neurons looping over T, neighbouring threads on neighbouring
+// neurons so every load and store of a time step is coalesced across the warp.
+// The math is lif_math.h, shared with the CPU kernel. No torch headers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+
+#include <type_traits>
+
+#include "lif_cuda.h"
+#include "lif_dispatch.h"
+#include "lif_math.h"
+#include "lif_threads.h"
+
+namespace tcl_fast {
+namespace lif {
+namespace cuda {
+
+// torch builds define __CUDA_NO_HALF_CONVERSIONS__, so give the 16-bit types
+// explicit float conversions that the shared drivers' static_casts can use.
+struct Half {
+  __half v;
+  Half() = default;
+  __host__ __device__ Half(float f) : v(__float2half_rn(f)) {}
+  __host__ __device__ explicit operator float() const { return __half2float(v); }
+};
+struct BFloat16 {
+  __nv_bfloat16 v;
+  BFloat16() = default;
+  __host__ __device__ BFloat16(float f) : v(__float2bfloat16_rn(f)) {}
+  __host__ __device__ explicit operator float() const { return __bfloat162float(v); }
+};
+static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types");
+
+constexpr int kThreads = 256;
+
+template <typename S, int LANES, bool DI, bool HR>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ spikes,
+                   S* __restrict__ v_last, const float* __restrict__ decay, int64_t T, int64_t N,
+                   Params<float> p) {
+  p.decay = *decay;
+  forward_thread<S, LANES, DI, HR>(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                                   x, v0, spikes, v_last, T, N, p);
+}
+
+// A 4-lane backward thread holds a 16-step chunk of h for 4 neurons in
+// registers: left alone ptxas takes ~140, one block per multiprocessor; capped
+// at 128 (a few bytes spilled) two blocks fit.
+template <int LANES>
+constexpr int kBackwardMinBlocks = LANES >= 4 ? 2 : 1;
+
+template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<LANES>)
+    backward_kernel(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
+                    const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ grad_x,
+                    S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,
+                    float* __restrict__ v_chunk, const float* __restrict__ decay, int64_t T,
+                    int64_t N, Params<float> p) {
+  p.decay = *decay;
+  backward_thread<S, LANES, DG, SG, DI, HR>(
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, grad_spikes, grad_v_last, x,
+      v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, p);
+}
+
+inline Params<float> params_of(const LaunchArgs& a) {
+  Params<float> p;
+  p.decay = 0.f;  // read from device memory by the kernel (it may be learnable)
+  p.v_threshold = a.v_threshold;
+  p.v_reset = a.v_reset;
+  p.alpha = a.alpha;
+  p.detach_reset = a.detach_reset;
+  return p;
+}
+
+// TCL_FAST_CUDA_PACKED=0 forces one neuron per thread (read at every launch):
+// bench_lif.py times both layouts side by side, and it is an escape hatch.
+inline bool packing_enabled() {
+  const char* v = std::getenv("TCL_FAST_CUDA_PACKED");
+  return v == nullptr || v[0] != '0';
+}
+
+inline const char* last_error() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+inline dim3 grid_for(int64_t N, int lanes) {
+  const int64_t threads = (N + lanes - 1) / lanes;
+  return dim3(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
+}
+
+template <typename S>
+void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
+                    void* spikes, void* v_last) {
+  const auto stream = static_cast<cudaStream_t>(a.stream);
+  const Params<float> p = params_of(a);
+  constexpr int kLanes = kForwardLanes<S>;
+  const bool packed = packing_enabled() && forward_thread_lanes<S>(a.N, x, spikes) == kLanes;
+  with_bool(a.decay_input, [&](auto di) {
+    with_bool(a.hard_reset, [&](auto hr) {
+      constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+      const auto* xs = static_cast<const S*>(x);
+      const auto* v0s = static_cast<const S*>(v0);
+      auto* ss = static_cast<S*>(spikes);
+      auto* vs = static_cast<S*>(v_last);
+      if (packed)
+        forward_kernel<S, kLanes, DI, HR><<<grid_for(a.N, kLanes), kThreads, 0, stream>>>(
+            xs, v0s, ss, vs, decay, a.T, a.N, p);
+      else
+        forward_kernel<S, 1, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
+            xs, v0s, ss, vs, decay, a.T, a.N, p);
+    });
+  });
+}
+
+// Returns false (launching nothing) for an unknown surrogate id.
+template <typename S>
+bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* grad_v_last,
+                     const void* x, const void* v0, const float* decay, void* grad_x,
+                     void* grad_v0, float* grad_decay_partial, float* v_chunk) {
+  const auto stream = static_cast<cudaStream_t>(a.stream);
+  const Params<float> p = params_of(a);
+  const int lanes = packing_enabled() ? backward_thread_lanes<S>(
+                                            a.N, grad_decay_partial != nullptr, grad_spikes, x, grad_x)
+                                      : 1;
+  return with_surrogate(a.surrogate, [&](auto sg) {
+    with_bool(a.decay_input, [&](auto di) {
+      with_bool(a.hard_reset, [&](auto hr) {
+        constexpr int SG = decltype(sg)::value;
+        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+        const auto* gs = static_cast<const S*>(grad_spikes);
+        const auto* gvl = static_cast<const S*>(grad_v_last);
+        const auto* xs = static_cast<const S*>(x);
+        const auto* v0s = static_cast<const S*>(v0);
+        auto* gx = static_cast<S*>(grad_x);
+        auto* gv0 = static_cast<S*>(grad_v0);
+        if (lanes == kBackwardLanes)
+          backward_kernel<S, kBackwardLanes, false, SG, DI, HR>
+              <<<grid_for(a.N, kBackwardLanes), kThreads, 0, stream>>>(
+                  gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
+        else if (lanes == 2)
+          backward_kernel<S, 2, false, SG, DI, HR><<<grid_for(a.N, 2), kThreads, 0, stream>>>(
+              gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
+        else
+          backward_kernel<S, 1, true, SG, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
+              gs, gvl, xs, v0s, gx, gv0, grad_decay_partial, v_chunk, decay, a.T, a.N, p);
+      });
+    });
+  });
+}
+
+#define TCL_LIF_CUDA_DTYPE(S)                                                                  \
+  template void launch_forward<S>(const LaunchArgs&, const void*, const void*, const float*,   \
+                                  void*, void*);                                               \
+  template bool launch_backward<S>(const LaunchArgs&, const void*, const void*, const void*,   \
+                                   const void*, const float*, void*, void*, float*, float*);
+#define TCL_LIF_CUDA_EXTERN(S)                                                                 \
+  extern template void launch_forward<S>(const LaunchArgs&, const void*, const void*,          \
+                                         const float*, void*, void*);                          \
+  extern template bool launch_backward<S>(const LaunchArgs&, const void*, const void*,         \
+                                          const void*, const void*, const float*, void*,       \
+                                          void*, float*, float*);
+TCL_LIF_CUDA_EXTERN(float)
+TCL_LIF_CUDA_EXTERN(Half)
+TCL_LIF_CUDA_EXTERN(BFloat16)
+
+}  // namespace cuda
+}  // namespace lif
+}  // namespace tcl_fast

@@ -1,0 +1,115 @@
+// The CUDA kernels' thread mapping, run on the CPU (tests only; own
+// translation unit so it compiles beside the kernels).
+#include <torch/library.h>
+
+#include "lif_cpu_kernels.h"
+
+namespace tcl_fast {
+namespace lif {
+namespace cpu {
+namespace {
+
+// Same schema as lif_forward / lif_backward, float32/float16/bfloat16: every
+// "thread" of the grid lif_cuda_kernels.cuh would launch runs forward_thread /
+// backward_thread from lif_threads.h with the lanes the launcher would pick
+// (16-bit storage: 8 lanes forward, as on the GPU). Serial and slow.
+template <typename F>
+void with_gpu_storage(const at::Tensor& x, const char* name, F&& f) {
+  switch (x.scalar_type()) {
+    case at::kFloat: f(float{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    case at::kBFloat16: f(BFloat16Bits{}); break;
+    default: TORCH_CHECK(false, name, ": float32, float16 or bfloat16 only, got ", x.scalar_type());
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
+    double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
+    double alpha, bool smooth) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  TORCH_CHECK(!smooth, "_lif_forward_gpu_threads: no smooth mode");
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty({x.size(1)}, x.options());
+  auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
+  const int64_t T = x.size(0), N = x.size(1);
+  with_gpu_storage(x, "_lif_forward_gpu_threads", [&](auto tag) {
+    using S = decltype(tag);
+    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
+    constexpr int kLanes = kForwardLanes<S>;
+    const S* xp = data_as<S>(x);
+    const S* v0p = optional_data_as<S>(v0);
+    S* sp = mutable_data_as<S>(spikes);
+    S* vp = mutable_data_as<S>(v_last);
+    const int lanes = forward_thread_lanes<S>(N, xp, sp);
+    with_bool(decay_input, [&](auto di) {
+      with_bool(hard_reset, [&](auto hr) {
+        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+        for (int64_t t = 0; t * lanes < N; ++t) {
+          if (lanes == kLanes) forward_thread<S, kLanes, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
+          else forward_thread<S, 1, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
+        }
+      });
+    });
+  });
+  return {spikes, v_last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
+    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    bool smooth, bool need_decay_grad) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  check_backward_inputs(grad_spikes, grad_v_last, x);
+  TORCH_CHECK(!smooth, "_lif_backward_gpu_threads: no smooth mode");
+  BackwardBuffers out(x, decay, need_decay_grad);
+  auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
+  const int64_t T = x.size(0), N = x.size(1);
+  bool known = true;
+  with_gpu_storage(x, "_lif_backward_gpu_threads", [&](auto tag) {
+    using S = decltype(tag);
+    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
+    float* partial = out.decay_partial_ptr<float>();
+    float* chunk = out.v_chunk_ptr<float>();
+    const S* gsp = data_as<S>(grad_spikes);
+    const S* gvp = data_as<S>(grad_v_last);
+    const S* xp = data_as<S>(x);
+    const S* v0p = optional_data_as<S>(v0);
+    S* gxp = mutable_data_as<S>(out.grad_x);
+    S* gv0p = mutable_data_as<S>(out.grad_v0);
+    const int lanes = backward_thread_lanes<S>(N, partial != nullptr, gsp, xp, gxp);
+    known = with_surrogate(surrogate, [&](auto sg) {
+      with_bool(decay_input, [&](auto di) {
+        with_bool(hard_reset, [&](auto hr) {
+          constexpr int SG = decltype(sg)::value;
+          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+          for (int64_t t = 0; t * lanes < N; ++t) {
+            if (lanes == kBackwardLanes)
+              backward_thread<S, kBackwardLanes, false, SG, DI, HR>(
+                  t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr, chunk, T, N, p);
+            else if (lanes == 2)
+              backward_thread<S, 2, false, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr,
+                                                       chunk, T, N, p);
+            else
+              backward_thread<S, 1, true, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, partial,
+                                                      chunk, T, N, p);
+          }
+        });
+      });
+    });
+  });
+  TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
+  return out.finish(decay);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tcl_fast, CPU, m) {
+  m.impl("_lif_forward_gpu_threads", &lif_forward_gpu_threads);
+  m.impl("_lif_backward_gpu_threads", &lif_backward_gpu_threads);
+}
+
+}  // namespace cpu
+}  // namespace lif
+}  // namespace tcl_fast

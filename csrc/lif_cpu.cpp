@@ -9,18 +9,6 @@ namespace lif {
 namespace cpu {
 namespace {
 
-// The kernels' storage type for each tensor dtype.
-template <typename F>
-void with_cpu_storage(const at::Tensor& x, const char* name, F&& f) {
-  switch (x.scalar_type()) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(BFloat16Bits{}); break;
-    default: TORCH_CHECK(false, name, ": floating point x only, got ", x.scalar_type());
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
@@ -32,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
   auto v_last = at::empty({x.size(1)}, x.options());
   if (x.numel() == 0) return {spikes, v_last};
   const OpArgs a{v_threshold, v_reset, alpha, hard_reset, decay_input, detach_reset, smooth, surrogate};
-  with_cpu_storage(x, "lif_forward_cpu", [&](auto tag) {
+  with_kernel_storage<true>(x, "lif_forward_cpu", [&](auto tag) {
     forward_dtype<decltype(tag)>(x, v0, decay, spikes, v_last, a);
   });
   return {spikes, v_last};
@@ -51,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   if (x.numel() == 0) return out.finish(decay);
   const OpArgs a{v_threshold, v_reset, alpha, hard_reset, decay_input, detach_reset, smooth, surrogate};
   bool known = true;
-  with_cpu_storage(x, "lif_backward_cpu", [&](auto tag) {
+  with_kernel_storage<true>(x, "lif_backward_cpu", [&](auto tag) {
     known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, out, a);
   });
   TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);

@@ -43,6 +43,27 @@ static_assert(sizeof(BFloat16Bits) == sizeof(at::BFloat16), "bfloat16 storage");
 template <typename T>
 using KernelStorage = std::conditional_t<std::is_same<T, at::BFloat16>::value, BFloat16Bits, T>;
 
+// Calls f with a value of the kernels' storage type for x's dtype; float64 only
+// where the caller builds it (WithDouble), else a clear error naming the op.
+template <bool WithDouble, typename F>
+void with_kernel_storage(const at::Tensor& x, const char* name, F&& f) {
+  switch (x.scalar_type()) {
+    case at::kFloat: f(float{}); return;
+    case at::kHalf: f(c10::Half{}); return;
+    case at::kBFloat16: f(BFloat16Bits{}); return;
+    case at::kDouble:
+      if constexpr (WithDouble) {
+        f(double{});
+        return;
+      }
+      break;
+    default: break;
+  }
+  TORCH_CHECK(false, name, ": x must be ",
+              WithDouble ? "floating point" : "float32, float16 or bfloat16", " only, got ",
+              x.scalar_type());
+}
+
 template <typename S>
 const S* data_as(const at::Tensor& t) { return static_cast<const S*>(t.const_data_ptr()); }
 template <typename S>

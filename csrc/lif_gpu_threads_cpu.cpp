@@ -13,16 +13,6 @@ namespace {
 // "thread" of the grid lif_cuda_kernels.cuh would launch runs forward_thread /
 // backward_thread from lif_threads.h with the lanes the launcher would pick
 // (16-bit storage: 8 lanes forward, as on the GPU). Serial and slow.
-template <typename F>
-void with_gpu_storage(const at::Tensor& x, const char* name, F&& f) {
-  switch (x.scalar_type()) {
-    case at::kFloat: f(float{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(BFloat16Bits{}); break;
-    default: TORCH_CHECK(false, name, ": float32, float16 or bfloat16 only, got ", x.scalar_type());
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
@@ -33,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
   auto v_last = at::empty({x.size(1)}, x.options());
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
   const int64_t T = x.size(0), N = x.size(1);
-  with_gpu_storage(x, "_lif_forward_gpu_threads", [&](auto tag) {
+  with_kernel_storage<false>(x, "_lif_forward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);
     p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
     constexpr int kLanes = kForwardLanes<S>;
@@ -67,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
   const int64_t T = x.size(0), N = x.size(1);
   bool known = true;
-  with_gpu_storage(x, "_lif_backward_gpu_threads", [&](auto tag) {
+  with_kernel_storage<false>(x, "_lif_backward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);
     p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
     float* partial = out.decay_partial_ptr<float>();

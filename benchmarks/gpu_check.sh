@@ -15,8 +15,8 @@
 # CUDA/Triton tests, each logged by name), "lif" and "supcon" (the benchmarks).
 # Logs + JSON go to OUTDIR (at most 5 files, so a lent machine can return them
 # all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side numbers)
-# are installed first, offline. Each stage has its own time limit (T_TESTS,
-# T_LIF, T_SUPCON, T_SJ seconds) so a slow stage cannot eat the later ones; by
+# are installed first, offline. Each stage has its own time limit (T_BUILD,
+# T_TESTS, T_LIF, T_SUPCON, T_SJ seconds) so a slow stage cannot eat the later ones; by
 # default the benchmarks run a lean sweep that fits a short lease
 # (SpikingJelly's own shape, 64x65536, in full).
 set -uo pipefail
@@ -52,8 +52,10 @@ if wants lif && [ "${SJ_NATIVE:-0}" = 1 ] && ls .whl/spikingjelly-*.tar.gz >/dev
   SJ_PID=$!
 fi
 stage build | tee -a "$LOG"
-MAX_JOBS=${MAX_JOBS:-16} python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
-  || { echo "build failed, see $OUT/build.log" | tee -a "$LOG"; tail -40 "$OUT/build.log"; exit 1; }
+build_start=$(date +%s)
+MAX_JOBS=${MAX_JOBS:-16} timeout "${T_BUILD:-300}" python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
+  || { echo "build failed or passed T_BUILD, see $OUT/build.log" | tee -a "$LOG"; tail -40 "$OUT/build.log"; exit 1; }
+echo "build took $(( $(date +%s) - build_start )) s" | tee -a "$LOG"
 tail -3 "$OUT/build.log" | tee -a "$LOG"
 python -c "from tcl_fast import _extension as e; assert e.has_cuda_kernels(), 'no CUDA kernels'; print('CUDA kernels: ok')" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -66,7 +66,7 @@ XDIST=""
 python -c "import xdist" 2>/dev/null && XDIST="-n 8"
 python -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout 120"
 read -r -a TEST_SEL <<< "${TESTS:-tests/ops tests/losses tests/test_build.py}"
-timeout "$T_TESTS" python -m pytest "${TEST_SEL[@]}" -v -rfEs $XDIST > "$OUT/tests.log" 2>&1
+timeout "$T_TESTS" python -m pytest "${TEST_SEL[@]}" -v -rfEs --durations=20 $XDIST > "$OUT/tests.log" 2>&1
 [ $? -eq 0 ] || status=1
 grep -E " (FAILED|ERROR) " "$OUT/tests.log" | head -40 | tee -a "$LOG"; tail -3 "$OUT/tests.log" | tee -a "$LOG"
 fi

@@ -51,14 +51,14 @@ __global__ void __launch_bounds__(kThreads)
                                    x, v0, spikes, v_last, T, N, p);
 }
 
-// A 4-lane backward thread holds a 16-step chunk of h for 4 neurons in
-// registers: left alone ptxas takes ~140, one block per multiprocessor; capped
-// at 128 (a few bytes spilled) two blocks fit.
-template <int LANES>
-constexpr int kBackwardMinBlocks = LANES >= 4 ? 2 : 1;
+// A backward thread holds a 16-step chunk of h in registers (and, with one
+// lane, the learnable-tau terms): left alone ptxas takes 120-164 registers,
+// one block per multiprocessor. Capped at 128, two blocks fit; the 1- and
+// 2-lane kernels then spill nothing, the 4-lane one 8-44 bytes.
+constexpr int kBackwardMinBlocks = 2;
 
 template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
-__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks<LANES>)
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
     backward_kernel(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                     const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ grad_x,
                     S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,

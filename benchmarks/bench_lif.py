@@ -170,14 +170,21 @@ def backend_env(name: str):
                 os.environ[k] = v
 
 
-def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool):
-    """name -> callable(x) returning spikes; only those that run here."""
+def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, plif: bool = False):
+    """name -> callable(x) returning spikes; only those that run here.
+
+    plif: also each fused backend with a learnable tau (`<name>-plif`), whose
+    backward computes the tau gradient (on CUDA, one neuron per thread)."""
     backends = {"torch": lambda x: lif_multistep_reference(x)[0]}
     if use_compile:
         backends["torch.compile"] = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
     for name in ("cpp", "cuda", "triton"):
         if backend_available(name, device, dtype):
             backends[name] = (lambda b: lambda x: tcl_fast.lif_multistep(x, backend=b))(name)
+            if plif:
+                tau = torch.tensor(2.0, device=device, requires_grad=True)
+                backends[name + "-plif"] = (
+                    lambda b, tau: lambda x: tcl_fast.lif_multistep(x, tau=tau, backend=b))(name, tau)
     if "cuda" in backends:  # the same kernels under other launcher settings, side by side
         for name in BACKEND_ENV:
             backends[name] = backends["cuda"]
@@ -195,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
+    ap.add_argument("--plif", action="store_true",
+                    help="also time each fused backend with a learnable tau (<name>-plif)")
     ap.add_argument("--backends", nargs="+", default=None,
                     help="time only these (names as in the table; torch always runs)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
@@ -223,7 +232,7 @@ def main(argv=None) -> int:
         for T in args.T:
             for N in args.neurons:
                 torch._dynamo.reset()  # one fresh compile per shape, not a recompile chain
-                backends = make_backends(device, dtype, not args.no_compile)
+                backends = make_backends(device, dtype, not args.no_compile, args.plif)
                 if args.backends:  # the torch reference stays: it is the speed-up baseline
                     backends = {k: v for k, v in backends.items()
                                 if k == "torch" or k in args.backends}

@@ -78,7 +78,7 @@ if [ -n "$SJ_PID" ]; then
 fi
 stage bench_lif | tee -a "$LOG"
 if [ -n "${FULL:-}" ]; then LIF_ARGS=(); else
-  read -r -a LIF_ARGS <<< "${LIF_ARGS:---dtypes float16 float32 bfloat16 --neurons 4194304 --T 4 8 16 32 --no-compile}"; fi
+  read -r -a LIF_ARGS <<< "${LIF_ARGS:---dtypes float16 float32 bfloat16 --neurons 4194304 --T 4 8 16 32 --no-compile --plif}"; fi
 timeout "$T_LIF" python benchmarks/bench_lif.py "${LIF_ARGS[@]}" --out "$OUT/lif_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

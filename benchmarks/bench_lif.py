@@ -146,10 +146,9 @@ def spikingjelly_backends(device: torch.device, dtype: torch.dtype) -> dict:
 _SJ_REPORTED: set = set()
 
 
-# Backends timed under extra environment variables, set around the whole call
-# (forward and backward): TCL_FAST_CUDA_PACKED=0 is read by the CUDA launcher at
-# every launch and forces one neuron per thread.
-# The same CUDA kernels under launcher settings (csrc/lif_cuda.cu, lif_threads.h):
+# The same CUDA kernels under other launch settings, timed side by side. The
+# variables are set around the whole call (forward and backward) and read by
+# the launcher at every launch (csrc/lif_cuda_kernels.cuh, lif_threads.h):
 # one neuron per thread, or at most 2 per backward thread.
 BACKEND_ENV = {"cuda-unpacked": {"TCL_FAST_CUDA_PACKED": "0"},
                "cuda-bwd2": {"TCL_FAST_CUDA_BWD_LANES": "2"}}

@@ -39,11 +39,8 @@ inline __attribute__((always_inline)) void store_as(BFloat16Bits& dst, float val
 }
 static_assert(sizeof(BFloat16Bits) == sizeof(at::BFloat16), "bfloat16 storage");
 
-// The element type the kernels see for each tensor dtype.
-template <typename T>
-using KernelStorage = std::conditional_t<std::is_same<T, at::BFloat16>::value, BFloat16Bits, T>;
-
-// Calls f with a value of the kernels' storage type for x's dtype; float64 only
+// Calls f with a value of the kernels' storage type for x's dtype (bfloat16:
+// BFloat16Bits, the others their own type); float64 only
 // where the caller builds it (WithDouble), else a clear error naming the op.
 template <bool WithDouble, typename F>
 void with_kernel_storage(const at::Tensor& x, const char* name, F&& f) {
@@ -168,7 +165,7 @@ struct OpArgs {
   int64_t surrogate;
 };
 
-// One dtype's whole forward / backward (S: KernelStorage of the tensor dtype).
+// One dtype's whole forward / backward (S: the storage type with_kernel_storage picks).
 // The backward returns false for an unknown surrogate id.
 template <typename S>
 void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,

@@ -9,11 +9,9 @@ namespace cuda {
 const char* forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
                     void* spikes, void* v_last) {
   if (a.N == 0) return nullptr;
-  switch (a.dtype) {
-    case DType::kFloat32: launch_forward<float>(a, x, v0, decay, spikes, v_last); break;
-    case DType::kFloat16: launch_forward<Half>(a, x, v0, decay, spikes, v_last); break;
-    case DType::kBFloat16: launch_forward<BFloat16>(a, x, v0, decay, spikes, v_last); break;
-  }
+  with_storage_type(a.dtype, [&](auto tag) {
+    launch_forward<decltype(tag)>(a, x, v0, decay, spikes, v_last);
+  });
   return last_error();
 }
 
@@ -22,15 +20,10 @@ const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* g
                      void* grad_v0, float* grad_decay_partial, float* v_chunk) {
   if (a.N == 0) return nullptr;
   bool known_surrogate = true;
-  switch (a.dtype) {
-#define TCL_LAUNCH_BACKWARD(S)                                                               \
-  known_surrogate = launch_backward<S>(a, grad_spikes, grad_v_last, x, v0, decay, grad_x,    \
-                                       grad_v0, grad_decay_partial, v_chunk);
-    case DType::kFloat32: TCL_LAUNCH_BACKWARD(float) break;
-    case DType::kFloat16: TCL_LAUNCH_BACKWARD(Half) break;
-    case DType::kBFloat16: TCL_LAUNCH_BACKWARD(BFloat16) break;
-#undef TCL_LAUNCH_BACKWARD
-  }
+  with_storage_type(a.dtype, [&](auto tag) {
+    known_surrogate = launch_backward<decltype(tag)>(a, grad_spikes, grad_v_last, x, v0, decay,
+                                                     grad_x, grad_v0, grad_decay_partial, v_chunk);
+  });
   if (!known_surrogate) return "unknown surrogate id";
   return last_error();
 }

@@ -92,6 +92,15 @@ inline const char* last_error() {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+template <typename F>
+void with_storage_type(DType d, F&& f) {
+  switch (d) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat16: f(Half{}); break;
+    case DType::kBFloat16: f(BFloat16{}); break;
+  }
+}
+
 inline dim3 grid_for(int64_t N, int lanes) {
   const int64_t threads = (N + lanes - 1) / lanes;
   return dim3(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
@@ -102,21 +111,16 @@ void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const fl
                     void* spikes, void* v_last) {
   const auto stream = static_cast<cudaStream_t>(a.stream);
   const Params<float> p = params_of(a);
-  constexpr int kLanes = kForwardLanes<S>;
-  const bool packed = packing_enabled() && forward_thread_lanes<S>(a.N, x, spikes) == kLanes;
-  with_bool(a.decay_input, [&](auto di) {
-    with_bool(a.hard_reset, [&](auto hr) {
-      constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-      const auto* xs = static_cast<const S*>(x);
-      const auto* v0s = static_cast<const S*>(v0);
-      auto* ss = static_cast<S*>(spikes);
-      auto* vs = static_cast<S*>(v_last);
-      if (packed)
-        forward_kernel<S, kLanes, DI, HR><<<grid_for(a.N, kLanes), kThreads, 0, stream>>>(
-            xs, v0s, ss, vs, decay, a.T, a.N, p);
-      else
-        forward_kernel<S, 1, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
-            xs, v0s, ss, vs, decay, a.T, a.N, p);
+  const int lanes = packing_enabled() ? forward_thread_lanes<S>(a.N, x, spikes) : 1;
+  with_forward_width<S>(lanes, [&](auto width) {
+    with_bool(a.decay_input, [&](auto di) {
+      with_bool(a.hard_reset, [&](auto hr) {
+        constexpr int L = decltype(width)::value;
+        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+        forward_kernel<S, L, DI, HR><<<grid_for(a.N, L), kThreads, 0, stream>>>(
+            static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
+            static_cast<S*>(v_last), decay, a.T, a.N, p);
+      });
     });
   });
 }
@@ -132,26 +136,18 @@ bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* g
                                             a.N, grad_decay_partial != nullptr, grad_spikes, x, grad_x)
                                       : 1;
   return with_surrogate(a.surrogate, [&](auto sg) {
-    with_bool(a.decay_input, [&](auto di) {
-      with_bool(a.hard_reset, [&](auto hr) {
-        constexpr int SG = decltype(sg)::value;
-        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-        const auto* gs = static_cast<const S*>(grad_spikes);
-        const auto* gvl = static_cast<const S*>(grad_v_last);
-        const auto* xs = static_cast<const S*>(x);
-        const auto* v0s = static_cast<const S*>(v0);
-        auto* gx = static_cast<S*>(grad_x);
-        auto* gv0 = static_cast<S*>(grad_v0);
-        if (lanes == kBackwardLanes)
-          backward_kernel<S, kBackwardLanes, false, SG, DI, HR>
-              <<<grid_for(a.N, kBackwardLanes), kThreads, 0, stream>>>(
-                  gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
-        else if (lanes == 2)
-          backward_kernel<S, 2, false, SG, DI, HR><<<grid_for(a.N, 2), kThreads, 0, stream>>>(
-              gs, gvl, xs, v0s, gx, gv0, nullptr, v_chunk, decay, a.T, a.N, p);
-        else
-          backward_kernel<S, 1, true, SG, DI, HR><<<grid_for(a.N, 1), kThreads, 0, stream>>>(
-              gs, gvl, xs, v0s, gx, gv0, grad_decay_partial, v_chunk, decay, a.T, a.N, p);
+    with_backward_width(lanes, [&](auto width, auto dg) {
+      with_bool(a.decay_input, [&](auto di) {
+        with_bool(a.hard_reset, [&](auto hr) {
+          constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
+          constexpr bool DG = decltype(dg)::value;
+          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+          backward_kernel<S, L, DG, SG, DI, HR><<<grid_for(a.N, L), kThreads, 0, stream>>>(
+              static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
+              static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
+              static_cast<S*>(grad_v0), DG ? grad_decay_partial : nullptr, v_chunk, decay, a.T,
+              a.N, p);
+        });
       });
     });
   });

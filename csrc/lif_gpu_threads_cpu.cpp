@@ -26,19 +26,18 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
   with_kernel_storage<false>(x, "_lif_forward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);
     p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
-    constexpr int kLanes = kForwardLanes<S>;
     const S* xp = data_as<S>(x);
     const S* v0p = optional_data_as<S>(v0);
     S* sp = mutable_data_as<S>(spikes);
     S* vp = mutable_data_as<S>(v_last);
     const int lanes = forward_thread_lanes<S>(N, xp, sp);
-    with_bool(decay_input, [&](auto di) {
-      with_bool(hard_reset, [&](auto hr) {
-        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-        for (int64_t t = 0; t * lanes < N; ++t) {
-          if (lanes == kLanes) forward_thread<S, kLanes, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
-          else forward_thread<S, 1, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
-        }
+    with_forward_width<S>(lanes, [&](auto width) {
+      with_bool(decay_input, [&](auto di) {
+        with_bool(hard_reset, [&](auto hr) {
+          constexpr int L = decltype(width)::value;
+          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+          for (int64_t t = 0; t * L < N; ++t) forward_thread<S, L, DI, HR>(t, xp, v0p, sp, vp, T, N, p);
+        });
       });
     });
   });
@@ -70,21 +69,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
     S* gv0p = mutable_data_as<S>(out.grad_v0);
     const int lanes = backward_thread_lanes<S>(N, partial != nullptr, gsp, xp, gxp);
     known = with_surrogate(surrogate, [&](auto sg) {
-      with_bool(decay_input, [&](auto di) {
-        with_bool(hard_reset, [&](auto hr) {
-          constexpr int SG = decltype(sg)::value;
-          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-          for (int64_t t = 0; t * lanes < N; ++t) {
-            if (lanes == kBackwardLanes)
-              backward_thread<S, kBackwardLanes, false, SG, DI, HR>(
-                  t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr, chunk, T, N, p);
-            else if (lanes == 2)
-              backward_thread<S, 2, false, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, nullptr,
-                                                       chunk, T, N, p);
-            else
-              backward_thread<S, 1, true, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                      chunk, T, N, p);
-          }
+      with_backward_width(lanes, [&](auto width, auto dg) {
+        with_bool(decay_input, [&](auto di) {
+          with_bool(hard_reset, [&](auto hr) {
+            constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
+            constexpr bool DG = decltype(dg)::value;
+            constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+            for (int64_t t = 0; t * L < N; ++t)
+              backward_thread<S, L, DG, SG, DI, HR>(t, gsp, gvp, xp, v0p, gxp, gv0p,
+                                                    DG ? partial : nullptr, chunk, T, N, p);
+          });
         });
       });
     });

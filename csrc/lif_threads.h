@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <initializer_list>
+#include <type_traits>
 
 #include "lif_math.h"
 
@@ -66,6 +67,22 @@ inline int backward_thread_lanes(int64_t N, bool need_decay_grad, const void* gr
   for (int lanes = backward_lanes_cap(); lanes > 1; lanes /= 2)
     if (rows_packable(N, lanes, sizeof(S), {grad_spikes, x, grad_x})) return lanes;
   return 1;
+}
+
+// Calls f with the width the launcher picked (forward_thread_lanes /
+// backward_thread_lanes) as a compile-time constant, so the CUDA launcher and
+// its CPU run instantiate the same threads. The backward also gets DG, whether
+// that width computes the decay gradient (only one lane does).
+template <typename S, typename F>
+inline void with_forward_width(int lanes, F&& f) {
+  if (lanes == kForwardLanes<S>) f(std::integral_constant<int, kForwardLanes<S>>{});
+  else f(std::integral_constant<int, 1>{});
+}
+template <typename F>
+inline void with_backward_width(int lanes, F&& f) {
+  if (lanes == kBackwardLanes) f(std::integral_constant<int, kBackwardLanes>{}, std::false_type{});
+  else if (lanes == 2) f(std::integral_constant<int, 2>{}, std::false_type{});
+  else f(std::integral_constant<int, 1>{}, std::true_type{});
 }
 
 // Rows a thread loads before it computes on them (lif_math.h's TB and RB):

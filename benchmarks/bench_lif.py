@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tcl_fast  # noqa: E402
+from tcl_fast import _extension  # noqa: E402
 from tcl_fast.ops.lif import backend_available  # noqa: E402
 from tcl_fast.ops.lif_reference import lif_multistep_reference  # noqa: E402
 
@@ -47,7 +48,9 @@ def device_name(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    # Which build of the C++ kernels runs (avx512, avx2 or baseline; TCL_FAST_CPU_ISA caps it).
+    isa = f", {torch.ops.tcl_fast._cpu_isa()} kernels" if _extension.has_cpp() else ""
+    return f"{model} ({torch.get_num_threads()} threads{isa})"
 
 
 def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: float = 0.5) -> dict:
@@ -146,17 +149,17 @@ def spikingjelly_backends(device: torch.device, dtype: torch.dtype) -> dict:
 _SJ_REPORTED: set = set()
 
 
-# The same CUDA kernels under other launch settings, timed side by side. The
-# variables are set around the whole call (forward and backward) and read by
-# the launcher at every launch (csrc/lif_cuda_kernels.cuh, lif_threads.h):
-# one neuron per thread, or at most 2 per backward thread.
-BACKEND_ENV = {"cuda-unpacked": {"TCL_FAST_CUDA_PACKED": "0"},
-               "cuda-bwd2": {"TCL_FAST_CUDA_BWD_LANES": "2"}}
+# The same kernels under other settings, timed side by side. The variables are
+# set around the whole call (forward and backward) and read at every call
+# (csrc/lif_cuda_kernels.cuh, lif_threads.h): CUDA with one neuron per thread,
+# or at most 2 per backward thread.
+BACKEND_ENV = {"cuda-unpacked": ("cuda", {"TCL_FAST_CUDA_PACKED": "0"}),
+               "cuda-bwd2": ("cuda", {"TCL_FAST_CUDA_BWD_LANES": "2"})}
 
 
 @contextlib.contextmanager
 def backend_env(name: str):
-    env = BACKEND_ENV.get(name, {})
+    env = BACKEND_ENV.get(name, (None, {}))[1]
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -184,9 +187,9 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, p
                 tau = torch.tensor(2.0, device=device, requires_grad=True)
                 backends[name + "-plif"] = (
                     lambda b, tau: lambda x: tcl_fast.lif_multistep(x, tau=tau, backend=b))(name, tau)
-    if "cuda" in backends:  # the same kernels under other launcher settings, side by side
-        for name in BACKEND_ENV:
-            backends[name] = backends["cuda"]
+    for name, (base, _) in BACKEND_ENV.items():  # the same kernels, other settings
+        if base in backends:
+            backends[name] = backends[base]
     backends.update(spikingjelly_backends(device, dtype))
     return backends
 

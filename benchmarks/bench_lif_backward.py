@@ -66,14 +66,13 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         x = (torch.randn(args.T, args.neurons, generator=g) * 1.5 + 0.4).to(dtype)
         grad_s = torch.randn(args.T, args.neurons, generator=g).to(dtype)
-        grad_v = torch.zeros(args.neurons, dtype=dtype)
         ms = median_ms(lambda: ops.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False),
                        args.repeats)
         rows.append(dict(dtype=dname, op="forward", surrogate=None, ms=ms))
         print(f"{dname:>9} {'forward':>9} {'-':>10} {ms:>8.2f}")
         for sid, sname in enumerate(SURROGATES):
             alpha = DEFAULT_ALPHA[sname]
-            ms = median_ms(lambda: ops.lif_backward(grad_s, grad_v, x, None, decay, 1.0, 0.0, True, True,
+            ms = median_ms(lambda: ops.lif_backward(grad_s, None, x, None, decay, 1.0, 0.0, True, True,
                                                     False, sid, alpha, False, False), args.repeats)
             rows.append(dict(dtype=dname, op="backward", surrogate=sname, ms=ms))
             print(f"{dname:>9} {'backward':>9} {sname:>10} {ms:>8.2f}")

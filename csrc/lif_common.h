@@ -36,11 +36,14 @@ inline void check_forward_inputs(const at::Tensor& x, const std::optional<at::Te
   TORCH_CHECK(alpha > 0, "tcl_fast::lif: alpha must be positive");
 }
 
-inline void check_backward_inputs(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+inline void check_backward_inputs(const at::Tensor& grad_spikes,
+                                  const std::optional<at::Tensor>& grad_v_last_opt,
                                   const at::Tensor& x) {
   TORCH_CHECK(grad_spikes.sizes() == x.sizes() && grad_spikes.scalar_type() == x.scalar_type() &&
                   grad_spikes.is_contiguous() && grad_spikes.device() == x.device(),
               "tcl_fast::lif_backward: grad_spikes must be contiguous, like x");
+  if (!grad_v_last_opt.has_value()) return;  // None: no gradient from the final membrane
+  const at::Tensor& grad_v_last = *grad_v_last_opt;
   TORCH_CHECK(grad_v_last.dim() == 1 && grad_v_last.size(0) == x.size(1) &&
                   grad_v_last.scalar_type() == x.scalar_type() && grad_v_last.is_contiguous() &&
                   grad_v_last.device() == x.device(),
@@ -64,14 +67,15 @@ inline int64_t num_checkpoint_rows(int64_t T) {
 }
 
 // Outputs and scratch of lif_backward, allocated the same way on every device.
+// Without v0, grad_v0 is an empty [0] tensor: the kernels skip writing it.
 struct BackwardBuffers {
   at::Tensor grad_x, grad_v0;
   at::Tensor decay_partial;  // [N] per-neuron dL/dk, undefined unless needed
   at::Tensor v_chunk;        // [ceil(T/16) - 1, N] membrane checkpoints
 
-  BackwardBuffers(const at::Tensor& x, const at::Tensor& decay, bool need_decay_grad)
+  BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad)
       : grad_x(at::empty_like(x)),
-        grad_v0(at::empty({x.size(1)}, x.options())),
+        grad_v0(at::empty({has_v0 ? x.size(1) : 0}, x.options())),
         decay_partial(need_decay_grad ? at::empty({x.size(1)}, decay.options()) : at::Tensor()),
         v_chunk(at::empty({num_checkpoint_rows(x.size(0)), x.size(1)}, decay.options())) {}
 

@@ -2,11 +2,46 @@
 // the dtype switch; the kernels are in lif_cpu_kernels.h, compiled per dtype.
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "lif_cpu_kernels.h"
 
 namespace tcl_fast {
 namespace lif {
 namespace cpu {
+CpuIsa cpu_isa() {
+  static const CpuIsa widest = [] {
+#if TCL_CPU_MULTI_ISA
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("fma"))
+      return CpuIsa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::kAvx2Fma;
+#endif
+    return CpuIsa::kBaseline;
+  }();
+  // Read at every call, like the CUDA launcher's switches, so a test can set it.
+  const char* cap = std::getenv("TCL_FAST_CPU_ISA");
+  if (cap == nullptr || cap[0] == '\0') return widest;
+  const std::string c(cap);
+  CpuIsa want;
+  if (c == "baseline") want = CpuIsa::kBaseline;
+  else if (c == "avx2") want = CpuIsa::kAvx2Fma;
+  else if (c == "avx512") want = CpuIsa::kAvx512;
+  else TORCH_CHECK(false, "TCL_FAST_CPU_ISA must be baseline, avx2 or avx512, got '", c, "'");
+  return static_cast<int>(want) < static_cast<int>(widest) ? want : widest;
+}
+
+std::string cpu_isa_name() {
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx2Fma: return "avx2";
+    default: return kBaselineHasFma ? "baseline+fma" : "baseline";
+  }
+}
+
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
@@ -27,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
-    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     bool smooth, bool need_decay_grad) {
@@ -35,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  BackwardBuffers out(x, decay, need_decay_grad);
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
   if (x.numel() == 0) return out.finish(decay);
   const OpArgs a{v_threshold, v_reset, alpha, hard_reset, decay_input, detach_reset, smooth, surrogate};
   bool known = true;

@@ -73,21 +73,58 @@ const S* optional_data_as(const std::optional<at::Tensor>& t) {
 constexpr int kLanes = 128;               // neurons per vectorised group
 constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
 
-// The group loops are compiled three times, for AVX-512, AVX2 and the x86-64
-// baseline, and the loader picks one by CPU (GCC/Clang function
-// multi-versioning), so a portable build still runs 16- or 8-wide where the CPU
-// allows. The backward is compute-bound (the sigmoid surrogate's exp and
-// divide): AVX-512 took the sigmoid backward from 6.6 to 5.2 ms at T=8, 2^20
-// neurons on 2 cores (measured as benchmarks/bench_lif_backward.py does).
+// The group loops are compiled three times, for AVX-512, AVX2+FMA and the
+// build's baseline ISA, and cpu_isa() picks one at run time, so a portable
+// build still runs 16- or 8-wide where the CPU allows. The backward is
+// compute-bound (the sigmoid surrogate's exp and divide): AVX-512 took the
+// sigmoid backward from 6.6 to 5.2 ms at T=8, 2^20 neurons on 2 cores, fused
+// multiply-adds in its gradient math (lif_math.h mul_add) from 4.5 to about
+// 3.3 ms (benchmarks/bench_lif_backward.py). The baseline x86-64 build has no
+// FMA, where each fmaf would be a library call that stops the lane loop
+// vectorising, so it runs the unfused arithmetic. Hand-made versions rather
+// than target_clones because the fused / unfused choice is a template argument.
+enum class CpuIsa : int { kBaseline = 0, kAvx2Fma = 1, kAvx512 = 2 };
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TCL_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define TCL_CPU_MULTI_ISA 1
+#define TCL_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
+#define TCL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
-#define TCL_CPU_CLONES
+#define TCL_CPU_MULTI_ISA 0
+#define TCL_TARGET_AVX512
+#define TCL_TARGET_AVX2
 #endif
 
+// Whether the baseline build itself has FMA (non-x86 targets such as aarch64,
+// or an x86 build with -mfma / -march=native).
+#if defined(__FMA__) || defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
+constexpr bool kBaselineHasFma = true;
+#else
+constexpr bool kBaselineHasFma = false;
+#endif
+
+// The widest ISA this CPU runs, capped by TCL_FAST_CPU_ISA (baseline, avx2,
+// avx512) so tests and benchmarks can run the narrower builds on a wide CPU.
+CpuIsa cpu_isa();
+
+// Calls f with std::integral_constant<CpuIsa, cpu_isa()>.
+template <typename F>
+void with_cpu_isa(F&& f) {
+  switch (cpu_isa()) {
+#if TCL_CPU_MULTI_ISA
+    case CpuIsa::kAvx512: f(std::integral_constant<CpuIsa, CpuIsa::kAvx512>{}); return;
+    case CpuIsa::kAvx2Fma: f(std::integral_constant<CpuIsa, CpuIsa::kAvx2Fma>{}); return;
+#endif
+    default: f(std::integral_constant<CpuIsa, CpuIsa::kBaseline>{}); return;
+  }
+}
+
+// The bodies are inlined into one wrapper per ISA (below); no lambdas inside
+// them: a lambda's body is a separate function that would not get the target.
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
-TCL_CPU_CLONES void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N,
-                                   int64_t g0, int64_t g1, const Params<A>& p) {
+inline __attribute__((always_inline)) void forward_groups_body(
+    const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0, int64_t g1,
+    const Params<A>& p) {
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t n0 = g * kLanes;
     if (n0 + kLanes <= N) {
@@ -99,25 +136,78 @@ TCL_CPU_CLONES void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int6
   }
 }
 
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
-TCL_CPU_CLONES void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp,
-                                    S* gv0p, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N,
-                                    int64_t g0, int64_t g1, const Params<A>& p) {
-  // No lambda here: a lambda's body is a separate function that target_clones
-  // does not clone, so it would be built for the baseline ISA only (SSE2).
+template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG, bool Fused>
+inline __attribute__((always_inline)) void backward_groups_body(
+    const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
+    A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
+    const Params<A>& p) {
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t n0 = g * kLanes;
     if (n0 + kLanes <= N) {
-      backward_neurons<A, SG, DI, HR, SM, kLanes, false, DG>(
-          gsp + n0, gvp + n0, xp + n0, at_neuron(v0p, n0), gxp + n0, gv0p + n0,
+      backward_neurons<A, SG, DI, HR, SM, kLanes, false, DG, 1, Fused>(
+          gsp + n0, at_neuron(gvp, n0), xp + n0, at_neuron(v0p, n0), gxp + n0, at_neuron(gv0p, n0),
           at_neuron(grad_decay_partial, n0), at_neuron(v_chunk, n0), T, N, p);
     } else {  // ragged tail: one neuron at a time
       for (int64_t n = n0; n < N; ++n)
-        backward_neurons<A, SG, DI, HR, SM, 1, false, DG>(
-            gsp + n, gvp + n, xp + n, at_neuron(v0p, n), gxp + n, gv0p + n,
+        backward_neurons<A, SG, DI, HR, SM, 1, false, DG, 1, Fused>(
+            gsp + n, at_neuron(gvp, n), xp + n, at_neuron(v0p, n), gxp + n, at_neuron(gv0p, n),
             at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
     }
   }
+}
+
+// One wrapper per ISA, each with its own target; the body inlines into it.
+#define TCL_FORWARD_GROUPS_FOR(suffix, target)                                                   \
+  template <typename S, typename A, int SG, bool DI, bool HR, bool SM>                          \
+  target void forward_groups_##suffix(const S* xp, const S* v0p, S* sp, S* vp, int64_t T,       \
+                                      int64_t N, int64_t g0, int64_t g1, const Params<A>& p) {  \
+    forward_groups_body<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);               \
+  }
+#define TCL_BACKWARD_GROUPS_FOR(suffix, target, fused)                                           \
+  template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>                 \
+  target void backward_groups_##suffix(const S* gsp, const S* gvp, const S* xp, const S* v0p,   \
+                                       S* gxp, S* gv0p, A* partial, A* v_chunk, int64_t T,      \
+                                       int64_t N, int64_t g0, int64_t g1, const Params<A>& p) { \
+    backward_groups_body<S, A, SG, DI, HR, SM, DG, fused>(gsp, gvp, xp, v0p, gxp, gv0p, partial, \
+                                                         v_chunk, T, N, g0, g1, p);             \
+  }
+TCL_FORWARD_GROUPS_FOR(baseline, )
+TCL_BACKWARD_GROUPS_FOR(baseline, , kBaselineHasFma)
+#if TCL_CPU_MULTI_ISA
+TCL_FORWARD_GROUPS_FOR(avx2, TCL_TARGET_AVX2)
+TCL_BACKWARD_GROUPS_FOR(avx2, TCL_TARGET_AVX2, true)
+TCL_FORWARD_GROUPS_FOR(avx512, TCL_TARGET_AVX512)
+TCL_BACKWARD_GROUPS_FOR(avx512, TCL_TARGET_AVX512, true)
+#endif
+#undef TCL_FORWARD_GROUPS_FOR
+#undef TCL_BACKWARD_GROUPS_FOR
+
+template <CpuIsa I, typename S, typename A, int SG, bool DI, bool HR, bool SM>
+void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0,
+                    int64_t g1, const Params<A>& p) {
+#if TCL_CPU_MULTI_ISA
+  if constexpr (I == CpuIsa::kAvx512)
+    return forward_groups_avx512<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+  if constexpr (I == CpuIsa::kAvx2Fma)
+    return forward_groups_avx2<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+#endif
+  forward_groups_baseline<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+}
+
+template <CpuIsa I, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
+void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
+                     A* partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
+                     const Params<A>& p) {
+#if TCL_CPU_MULTI_ISA
+  if constexpr (I == CpuIsa::kAvx512)
+    return backward_groups_avx512<S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
+                                                            v_chunk, T, N, g0, g1, p);
+  if constexpr (I == CpuIsa::kAvx2Fma)
+    return backward_groups_avx2<S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
+                                                          v_chunk, T, N, g0, g1, p);
+#endif
+  backward_groups_baseline<S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
+                                                     v_chunk, T, N, g0, g1, p);
 }
 
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
@@ -128,28 +218,32 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   const S* v0p = optional_data_as<S>(v0);
   S* sp = mutable_data_as<S>(spikes);
   S* vp = mutable_data_as<S>(v_last);
-  at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-    forward_groups<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+  with_cpu_isa([&](auto isa) {
+    at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+      forward_groups<decltype(isa)::value, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+    });
   });
 }
 
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
-void backward_cpu_typed(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                         const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
                         at::Tensor& grad_v0, A* grad_decay_partial, A* v_chunk,
                         const Params<A>& p) {
   const int64_t T = x.size(0), N = x.size(1);
   const S* gsp = data_as<S>(grad_spikes);
-  const S* gvp = data_as<S>(grad_v_last);
+  const S* gvp = optional_data_as<S>(grad_v_last);
   const S* xp = data_as<S>(x);
   const S* v0p = optional_data_as<S>(v0);
   S* gxp = mutable_data_as<S>(grad_x);
-  S* gv0p = mutable_data_as<S>(grad_v0);
+  S* gv0p = grad_v0.numel() ? mutable_data_as<S>(grad_v0) : nullptr;  // empty without v0
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
-  with_bool(grad_decay_partial != nullptr, [&](auto dg) {
-    at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-      backward_groups<S, A, SG, DI, HR, SM, decltype(dg)::value>(
-          gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+  with_cpu_isa([&](auto isa) {
+    with_bool(grad_decay_partial != nullptr, [&](auto dg) {
+      at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+        backward_groups<decltype(isa)::value, S, A, SG, DI, HR, SM, decltype(dg)::value>(
+            gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+      });
     });
   });
 }
@@ -193,7 +287,7 @@ void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
 }
 
 template <typename S>
-bool backward_dtype(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last,
+bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                     const at::Tensor& x, const std::optional<at::Tensor>& v0,
                     const at::Tensor& decay, BackwardBuffers& out, const OpArgs& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
@@ -224,14 +318,15 @@ bool backward_dtype(const at::Tensor& grad_spikes, const at::Tensor& grad_v_last
 #define TCL_LIF_CPU_DTYPE(S)                                                                    \
   template void forward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,           \
                                  const at::Tensor&, at::Tensor&, at::Tensor&, const OpArgs&);   \
-  template bool backward_dtype<S>(const at::Tensor&, const at::Tensor&, const at::Tensor&,      \
+  template bool backward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,           \
+                                  const at::Tensor&,                                            \
                                   const std::optional<at::Tensor>&, const at::Tensor&,          \
                                   BackwardBuffers&, const OpArgs&);
 #define TCL_LIF_CPU_EXTERN(S)                                                                   \
   extern template void forward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,    \
                                         const at::Tensor&, at::Tensor&, at::Tensor&,            \
                                         const OpArgs&);                                         \
-  extern template bool backward_dtype<S>(const at::Tensor&, const at::Tensor&,                  \
+  extern template bool backward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,    \
                                          const at::Tensor&, const std::optional<at::Tensor>&,   \
                                          const at::Tensor&, BackwardBuffers&, const OpArgs&);
 TCL_LIF_CPU_EXTERN(float)

@@ -30,8 +30,9 @@ struct LaunchArgs {
 const char* forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
                     void* spikes, void* v_last);
 
-// grad_decay_partial: [N] or nullptr; v_chunk: [ceil(T/16) - 1, N] float scratch
-// (nullptr when T <= 16).
+// grad_v_last, grad_v0 and grad_decay_partial: [N] or nullptr (no gradient in
+// from the final membrane / none wanted); v_chunk: [ceil(T/16) - 1, N] float
+// scratch (nullptr when T <= 16).
 const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* grad_v_last,
                      const void* x, const void* v0, const float* decay, void* grad_x,
                      void* grad_v0, float* grad_decay_partial, float* v_chunk);

@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
-    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     bool smooth, bool need_decay_grad) {
@@ -62,12 +62,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
-  BackwardBuffers out(x, decay, need_decay_grad);
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
   const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
                              surrogate, alpha);
   const char* err = cuda::backward(
-      a, grad_spikes.data_ptr(), grad_v_last.data_ptr(), x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr,
-      decay.data_ptr<float>(), out.grad_x.data_ptr(), out.grad_v0.data_ptr(),
+      a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
+      x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
+      out.grad_x.data_ptr(), out.grad_v0.numel() ? out.grad_v0.data_ptr() : nullptr,
       out.decay_partial_ptr<float>(), out.v_chunk_ptr<float>());
   TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
   return out.finish(decay);

@@ -45,14 +45,14 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
-    const at::Tensor& grad_spikes, const at::Tensor& grad_v_last, const at::Tensor& x,
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     bool smooth, bool need_decay_grad) {
   check_forward_inputs(x, v0, decay, surrogate, alpha);
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth, "_lif_backward_gpu_threads: no smooth mode");
-  BackwardBuffers out(x, decay, need_decay_grad);
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
   const int64_t T = x.size(0), N = x.size(1);
   bool known = true;
@@ -62,11 +62,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
     float* partial = out.decay_partial_ptr<float>();
     float* chunk = out.v_chunk_ptr<float>();
     const S* gsp = data_as<S>(grad_spikes);
-    const S* gvp = data_as<S>(grad_v_last);
+    const S* gvp = optional_data_as<S>(grad_v_last);
     const S* xp = data_as<S>(x);
     const S* v0p = optional_data_as<S>(v0);
     S* gxp = mutable_data_as<S>(out.grad_x);
-    S* gv0p = mutable_data_as<S>(out.grad_v0);
+    S* gv0p = out.grad_v0.numel() ? mutable_data_as<S>(out.grad_v0) : nullptr;
     const int lanes = backward_thread_lanes<S>(N, partial != nullptr, gsp, xp, gxp);
     known = with_surrogate(surrogate, [&](auto sg) {
       with_backward_width(lanes, [&](auto width, auto dg) {

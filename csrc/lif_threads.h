@@ -113,8 +113,8 @@ TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
   const int64_t n = thread * LANES;
   if (n >= N) return;
   backward_neurons<float, SG, DI, HR, false, LANES, (LANES > 1), DG, kBackwardTimeBatch>(
-      grad_spikes + n, grad_v_last + n, x + n, at_neuron(v0, n), grad_x + n, grad_v0 + n,
-      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
+      grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,
+      at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
 }
 
 }  // namespace lif

@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 extern "C" {
 // `import tcl_fast._C` loads this shared object, which runs the registrations
 // below; the module itself is empty.
@@ -13,6 +15,14 @@ PyObject* PyInit__C(void) {
 }
 }
 
+namespace tcl_fast {
+namespace lif {
+namespace cpu {
+std::string cpu_isa_name();  // lif_cpu.cpp
+}  // namespace cpu
+}  // namespace lif
+}  // namespace tcl_fast
+
 TORCH_LIBRARY(tcl_fast, m) {
   // x: [T, N] contiguous; v0: [N] or None (start at v_reset); decay: 0-dim (float32, float64 for float64 x)
   // holding k = 1/tau. surrogate: 0 sigmoid, 1 atan, 2 triangle, 3 rectangle.
@@ -21,11 +31,16 @@ TORCH_LIBRARY(tcl_fast, m) {
       "lif_forward(Tensor x, Tensor? v0, Tensor decay, float v_threshold, float v_reset, "
       "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
       "bool smooth) -> (Tensor spikes, Tensor v_last)");
+  // grad_v_last None: no gradient flows in from the final membrane. grad_v0 is
+  // [N] when v0 is given, else empty ([0]).
   m.def(
-      "lif_backward(Tensor grad_spikes, Tensor grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
+      "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
       "int surrogate, float alpha, bool smooth, bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+  // Which build of the CPU kernels runs here: avx512, avx2 (with FMA) or
+  // baseline, capped by TCL_FAST_CPU_ISA. Benchmarks record it.
+  m.def("_cpu_isa() -> str", &tcl_fast::lif::cpu::cpu_isa_name);
   // Test-only (CPU, float32): the CUDA kernels' per-thread code and thread
   // mapping (csrc/lif_threads.h) run serially, so tests without a GPU cover them.
   m.def(
@@ -33,7 +48,7 @@ TORCH_LIBRARY(tcl_fast, m) {
       "float v_reset, bool hard_reset, bool decay_input, bool detach_reset, int surrogate, "
       "float alpha, bool smooth) -> (Tensor spikes, Tensor v_last)");
   m.def(
-      "_lif_backward_gpu_threads(Tensor grad_spikes, Tensor grad_v_last, Tensor x, Tensor? v0, "
+      "_lif_backward_gpu_threads(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
       "Tensor decay, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
       "bool detach_reset, int surrogate, float alpha, bool smooth, bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");

@@ -39,7 +39,8 @@ if _extension.has_cpp():
     def _lif_backward_fake(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                            hard_reset, decay_input, detach_reset, surrogate, alpha, smooth,
                            need_decay_grad):
-        return torch.empty_like(x), x.new_empty(x.shape[1:]), torch.empty_like(decay)
+        grad_v0_shape = x.shape[1:] if v0 is not None else (0,)  # empty without v0
+        return torch.empty_like(x), x.new_empty(grad_v0_shape), torch.empty_like(decay)
 
     def _lif_setup_context(ctx, inputs, output):
         x, v0, decay, *params = inputs
@@ -50,10 +51,12 @@ if _extension.has_cpp():
         x, v0, decay = ctx.saved_tensors
         if grad_spikes is None:
             grad_spikes = torch.zeros_like(x)
-        if grad_v_last is None:
-            grad_v_last = x.new_zeros(x.shape[1:])
+        # A final membrane nobody used has no gradient: the kernel takes None
+        # rather than reading a tensor of zeros.
+        if grad_v_last is not None:
+            grad_v_last = grad_v_last.contiguous()
         grad_x, grad_v0, grad_decay = torch.ops.tcl_fast.lif_backward(
-            grad_spikes.contiguous(), grad_v_last.contiguous(), x, v0, decay, *ctx.params,
+            grad_spikes.contiguous(), grad_v_last, x, v0, decay, *ctx.params,
             ctx.needs_input_grad[2],
         )
         return (grad_x, grad_v0 if v0 is not None else None,

@@ -16,8 +16,8 @@ Ops (registered with ``torch.library.triton_op`` so they trace under
 ``torch.compile(fullgraph=True)``):
 
 * ``tcl_fast::lif_forward_triton(x2d, v0, decay, ...) -> (spikes, v_last)``
-* ``tcl_fast::lif_backward_triton(grad_spikes, grad_v_last, x2d, v0, decay, ...,
-  need_decay_grad) -> (grad_x, grad_v0, grad_decay)``
+* ``tcl_fast::lif_backward_triton(grad_spikes, grad_v_last | None, x2d, v0, decay, ...,
+  need_decay_grad) -> (grad_x, grad_v0 ([0] without v0), grad_decay)``
 
 The accumulation dtype is ``decay``'s dtype: float32, or float64 for float64
 ``x`` (float64 runs in the interpreter and on GPUs with fp64 support).
@@ -212,8 +212,8 @@ if _TRITON_IMPORT_ERROR is None:
         grad_spikes_ptr, grad_v_last_ptr, x_ptr, v0_ptr, decay_ptr,
         grad_x_ptr, grad_v0_ptr, grad_decay_ptr, scratch_ptr, T, N,
         v_threshold: tl.float64, v_reset: tl.float64, alpha: tl.float64,
-        HAS_V0: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
-        DETACH_RESET: tl.constexpr,
+        HAS_V0: tl.constexpr, HAS_GRAD_V: tl.constexpr, HARD_RESET: tl.constexpr,
+        DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
         SURROGATE: tl.constexpr, SMOOTH: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr,
         H_IN_GRAD_X: tl.constexpr, BLOCK: tl.constexpr,
     ):
@@ -250,7 +250,10 @@ if _TRITON_IMPORT_ERROR is None:
         gs_ptrs = grad_spikes_ptr + last + offs
         gx_ptrs = grad_x_ptr + last + offs
         h = tl.load(h_ptrs, mask=mask, other=0.0).to(k.dtype)
-        grad_v = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(k.dtype)
+        if HAS_GRAD_V:
+            grad_v = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(k.dtype)
+        else:  # no gradient from the final membrane: nothing to read
+            grad_v = tl.zeros([BLOCK], dtype=k.dtype)
         grad_k = tl.zeros([BLOCK], dtype=k.dtype)
         for i in range(T):
             has_prev = i < T - 1
@@ -321,7 +324,8 @@ if _TRITON_IMPORT_ERROR is None:
         return torch.empty_like(x2d), x2d.new_empty(x2d.shape[1:])
 
     def _lif_backward_fake(grad_spikes, grad_v_last, x2d, v0, decay, *params):
-        return torch.empty_like(x2d), x2d.new_empty(x2d.shape[1:]), torch.empty_like(decay)
+        grad_v0_shape = x2d.shape[1:] if v0 is not None else (0,)
+        return torch.empty_like(x2d), x2d.new_empty(grad_v0_shape), torch.empty_like(decay)
 
     @_define_op("tcl_fast::lif_forward_triton", _lif_forward_fake)
     def _lif_forward_op(
@@ -343,14 +347,16 @@ if _TRITON_IMPORT_ERROR is None:
 
     @_define_op("tcl_fast::lif_backward_triton", _lif_backward_fake)
     def _lif_backward_op(
-        grad_spikes: torch.Tensor, grad_v_last: torch.Tensor, x2d: torch.Tensor,
+        grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None, x2d: torch.Tensor,
         v0: torch.Tensor | None, decay: torch.Tensor, v_threshold: float, v_reset: float,
         hard_reset: bool, decay_input: bool, detach_reset: bool, surrogate_id: int,
         alpha: float, smooth: bool, need_decay_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         T, N = x2d.shape
         grad_x = torch.empty_like(x2d)
-        grad_v0 = x2d.new_empty(x2d.shape[1:])  # left unwritten without v0
+        # Like the C++ op: grad_v0 is empty without v0, and grad_v_last None
+        # means no gradient from the final membrane.
+        grad_v0 = x2d.new_empty(x2d.shape[1:] if v0 is not None else (0,))
         h_in_grad_x = x2d.dtype == decay.dtype
         # Unused buffers get read-only placeholders (the constexpr flags compile
         # their accesses away), so no tensor is passed twice or cloned as mutated.
@@ -360,9 +366,11 @@ if _TRITON_IMPORT_ERROR is None:
             (N if need_decay_grad else 1,), dtype=decay.dtype, device=x2d.device)
         if N > 0:
             torch.library.wrap_triton(_lif_bwd)[_grid](
-                grad_spikes, grad_v_last, x2d, x2d if v0 is None else v0, decay, grad_x,
-                grad_v0, grad_decay_parts, scratch, T, N, v_threshold, v_reset, alpha,
-                HAS_V0=v0 is not None, HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
+                grad_spikes, x2d if grad_v_last is None else grad_v_last, x2d,
+                x2d if v0 is None else v0, decay, grad_x,
+                grad_v0, grad_decay_parts, scratch, T, N, v_threshold,
+                v_reset, alpha, HAS_V0=v0 is not None, HAS_GRAD_V=grad_v_last is not None,
+                HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
                 DETACH_RESET=detach_reset, SURROGATE=surrogate_id, SMOOTH=smooth,
                 NEED_DECAY_GRAD=need_decay_grad,
                 H_IN_GRAD_X=h_in_grad_x, enable_fp_fusion=False,
@@ -381,9 +389,7 @@ if _TRITON_IMPORT_ERROR is None:
     def _backward(ctx, grad_spikes, grad_v_last):
         x2d, v0, decay = ctx.saved_tensors
         grad_spikes = torch.zeros_like(x2d) if grad_spikes is None else grad_spikes.contiguous()
-        if grad_v_last is None:
-            grad_v_last = x2d.new_zeros(x2d.shape[1:])
-        else:
+        if grad_v_last is not None:
             grad_v_last = grad_v_last.contiguous()
         need_decay_grad = ctx.needs_input_grad[2]
         grad_x, grad_v0, grad_decay = torch.ops.tcl_fast.lif_backward_triton(

@@ -163,6 +163,37 @@ def test_empty_neurons(device):
     s.sum().backward()
     assert x.grad.shape == x.shape
 
+CPU_ISAS = ["baseline", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("reset", ["hard_neg", "soft"])
+def test_every_cpu_isa_build_matches_reference(isa, surrogate, reset, monkeypatch):
+    # The CPU kernels are built per ISA; the baseline build's backward runs
+    # unfused arithmetic, the others fused multiply-adds. TCL_FAST_CPU_ISA caps
+    # the choice, so each build this CPU can run is checked here.
+    monkeypatch.setenv("TCL_FAST_CPU_ISA", isa)
+    ran = torch.ops.tcl_fast._cpu_isa()
+    assert ran.startswith(isa) or CPU_ISAS.index(ran.split("+")[0]) < CPU_ISAS.index(isa)
+    kw = dict(v_reset=RESETS[reset], surrogate=surrogate)
+    # 300 neurons: two full 128-lane groups and a ragged tail; T=21 crosses a chunk.
+    x = _inputs((21, 300), "cpu", seed=7)
+    v0 = _inputs((300,), "cpu", seed=8) * 0.3
+    tau = torch.tensor(2.5)
+    grad_s, grad_v = torch.randn(x.shape), torch.randn(300)
+    got = _run("cpp", x, v0, tau, grad_s, grad_v, **kw)
+    want = _run("reference", x, v0, tau, grad_s, grad_v, **kw)
+    _assert_close_to_reference(got, want)
+
+
+def test_cpu_isa_cap_is_checked(monkeypatch):
+    monkeypatch.setenv("TCL_FAST_CPU_ISA", "baseline")
+    assert torch.ops.tcl_fast._cpu_isa() in ("baseline", "baseline+fma")
+    monkeypatch.setenv("TCL_FAST_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="TCL_FAST_CPU_ISA must be baseline, avx2 or avx512"):
+        tcl_fast.lif_multistep(torch.ones(2, 3), backend="cpp")
+
 
 # ---------------------------------------------------------------------------
 # reduced precision: spikes exact vs an fp32 run, error within 2x plain PyTorch's
@@ -229,10 +260,35 @@ def test_opcheck_forward(device, with_v0):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_backward(device):
-    x, v0, decay, *params = _op_args(device, requires_grad=False)
-    args = (torch.randn_like(x), torch.randn_like(v0), x, v0, decay, *params, True)
+@pytest.mark.parametrize("with_v0", [True, False])
+@pytest.mark.parametrize("with_grad_v", [True, False])
+def test_opcheck_backward(device, with_v0, with_grad_v):
+    x, v0, decay, *params = _op_args(device, v0=with_v0, requires_grad=False)
+    grad_v = torch.randn_like(x[0]) if with_grad_v else None
+    args = (torch.randn_like(x), grad_v, x, v0, decay, *params, True)
     torch.library.opcheck(torch.ops.tcl_fast.lif_backward.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_without_final_membrane_gradient(device):
+    # grad_v_last=None means a zero gradient from the final membrane, without
+    # reading zeros; without v0 the op returns an empty grad_v0 and writes none.
+    x, v0, decay, *params = _op_args(device, T=21, N=300, v0=True, requires_grad=False)
+    grad_s = torch.randn_like(x)
+    ops = torch.ops.tcl_fast
+    zeros = torch.zeros_like(v0)
+    for init in (v0, None):
+        want = ops.lif_backward(grad_s, zeros, x, init, decay, *params, True)
+        got = ops.lif_backward(grad_s, None, x, init, decay, *params, True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert got[1].shape == ((300,) if init is not None else (0,))
+    # Through autograd: v_last unused, so its gradient reaches the op as None.
+    xg = x.clone().requires_grad_()
+    tcl_fast.lif_multistep(xg, backend=FUSED[device]).backward(grad_s)
+    xr = x.clone().requires_grad_()
+    lif_multistep_reference(xr, None, 0.5, 1.0, 0.0, True, False, "sigmoid", None)[0].backward(grad_s)
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-5, rtol=1e-5)
 
 
 class _TinySNN(torch.nn.Module):

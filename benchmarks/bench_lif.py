@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -58,7 +59,11 @@ def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: 
 
     Each round calls every function once, so a change in what the rest of the
     machine is doing (shared cores, CPU quota) hits all of them alike and the
-    ratios between them stay meaningful. The GPU is synchronised before every
+    ratios between them stay meaningful. The order is shuffled every round:
+    a call pays for what the call before it left in the caches and the heap
+    (on the 2-core CPU VM, the same kernel timed right after the torch
+    reference took 1.04-1.6x as long as when timed after another fused call),
+    so no function may keep one place. The GPU is synchronised before every
     clock read.
     """
     def sync():
@@ -69,9 +74,13 @@ def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: 
         fn()
     sync()
     samples = {name: [] for name in fns}
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
     start = time.perf_counter()
     while True:
-        for name, fn in fns.items():
+        shuffle(order)
+        for name in order:
+            fn = fns[name]
             sync()
             t0 = time.perf_counter()
             fn()
@@ -151,10 +160,12 @@ _SJ_REPORTED: set = set()
 
 # The same kernels under other settings, timed side by side. The variables are
 # set around the whole call (forward and backward) and read at every call
-# (csrc/lif_cuda_kernels.cuh, lif_threads.h): CUDA with one neuron per thread,
-# or at most 2 per backward thread.
+# (csrc/lif_cuda_kernels.cuh, lif_threads.h, lif_cpu_kernels.h): CUDA with one
+# neuron per thread, or at most 2 per backward thread; C++ with 128-neuron
+# groups only (no wide groups for large N).
 BACKEND_ENV = {"cuda-unpacked": ("cuda", {"TCL_FAST_CUDA_PACKED": "0"}),
-               "cuda-bwd2": ("cuda", {"TCL_FAST_CUDA_BWD_LANES": "2"})}
+               "cuda-bwd2": ("cuda", {"TCL_FAST_CUDA_BWD_LANES": "2"}),
+               "cpp-narrow": ("cpp", {"TCL_FAST_CPU_GROUPS": "narrow"})}
 
 
 @contextlib.contextmanager

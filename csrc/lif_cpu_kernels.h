@@ -2,11 +2,14 @@
 // per-dtype translation units (lif_cpu_<dtype>.cpp, each instantiating one S so
 // the build compiles them in parallel) and the op registrations in lif_cpu.cpp.
 // Parallel over blocks of neurons (at::parallel_for, OpenMP in torch builds);
-// inside a block the time loop runs over kLanes neighbouring neurons whose
-// per-step loop vectorises (see the drivers in lif_math.h).
+// inside a block the time loop runs over a group of neighbouring neurons (kLanes,
+// or wider groups for large N) whose per-step loop vectorises (see lif_math.h).
 #pragma once
 
 #include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "lif_common.h"
 #include "lif_threads.h"
@@ -70,8 +73,31 @@ const S* optional_data_as(const std::optional<at::Tensor>& t) {
   return t.has_value() ? data_as<S>(*t) : nullptr;
 }
 
-constexpr int kLanes = 128;               // neurons per vectorised group
-constexpr int64_t kGroupsPerTask = 16;   // groups per parallel work item
+// Neurons per vectorised group. Wide groups when T >= 8 and there are enough
+// of them to share out: each row access is then a long contiguous run and the
+// per-group work (membrane setup, loop control) is spread over more neurons.
+// Timed side by side (bench_lif.py, cpp vs cpp-narrow, 2 cores, 2^16 and 2^20
+// neurons, float32 and bfloat16): at T = 8..32 forward 0.54-0.86x the time of
+// 128-neuron groups, forward+backward 0.64-1.04x; at T = 4 and 2^20 neurons
+// wide groups were slower (1.08-1.25x), so T = 4 stays narrow. The backward
+// keeps its 16-step h chunk (and dh/dk with a learnable tau) on the stack:
+// 64 KiB each.
+constexpr int kLanes = 128;  // narrow groups: small N or T, and the ends of wide ones
+template <typename A>
+constexpr int kForwardWideLanes = 4096;
+template <typename A>
+constexpr int kBackwardWideLanes = static_cast<int>(65536 / (kTimeChunk * sizeof(A)));
+constexpr int64_t kGroupsPerTask = 16;  // narrow groups per parallel work item
+constexpr int64_t kWideGroupsPerThread = 4;  // fewer than this per thread: go narrow
+constexpr int64_t kWideMinSteps = 8;
+
+// Whether a kernel over T steps of N neurons runs wide groups of `wide`
+// neurons: TCL_FAST_CPU_GROUPS=narrow forces 128 (benchmarks time both).
+inline bool use_wide_groups(int64_t T, int64_t N, int wide) {
+  const char* v = std::getenv("TCL_FAST_CPU_GROUPS");
+  if (v != nullptr && std::string(v) == "narrow") return false;
+  return T >= kWideMinSteps && N >= int64_t(wide) * kWideGroupsPerThread * at::get_num_threads();
+}
 
 // The group loops are compiled three times, for AVX-512, AVX2+FMA and the
 // build's baseline ISA, and cpu_isa() picks one at run time, so a portable
@@ -121,54 +147,63 @@ void with_cpu_isa(F&& f) {
 
 // The bodies are inlined into one wrapper per ISA (below); no lambdas inside
 // them: a lambda's body is a separate function that would not get the target.
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+// Groups g0..g1 of W neurons; a group cut short by N runs as 128-neuron groups,
+// then one neuron at a time.
+template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>
 inline __attribute__((always_inline)) void forward_groups_body(
     const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0, int64_t g1,
     const Params<A>& p) {
   for (int64_t g = g0; g < g1; ++g) {
-    const int64_t n0 = g * kLanes;
-    if (n0 + kLanes <= N) {
-      forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n0, at_neuron(v0p, n0), sp + n0, vp + n0, T, N, p);
-    } else {  // ragged tail: one neuron at a time
-      for (int64_t n = n0; n < N; ++n)
-        forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
+    int64_t n = g * W;
+    if (n + W <= N) {
+      forward_neurons<A, SG, DI, HR, SM, W>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
+      continue;
     }
+    if constexpr (W != kLanes) {
+      for (; n + kLanes <= N; n += kLanes)
+        forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
+    }
+    for (; n < N; ++n)
+      forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
   }
 }
 
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG, bool Fused>
+template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG, bool Fused>
 inline __attribute__((always_inline)) void backward_groups_body(
     const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
     A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
     const Params<A>& p) {
+#define TCL_BACKWARD_GROUP(LANES)                                                                \
+  backward_neurons<A, SG, DI, HR, SM, LANES, false, DG, 1, Fused>(                              \
+      gsp + n, at_neuron(gvp, n), xp + n, at_neuron(v0p, n), gxp + n, at_neuron(gv0p, n),       \
+      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p)
   for (int64_t g = g0; g < g1; ++g) {
-    const int64_t n0 = g * kLanes;
-    if (n0 + kLanes <= N) {
-      backward_neurons<A, SG, DI, HR, SM, kLanes, false, DG, 1, Fused>(
-          gsp + n0, at_neuron(gvp, n0), xp + n0, at_neuron(v0p, n0), gxp + n0, at_neuron(gv0p, n0),
-          at_neuron(grad_decay_partial, n0), at_neuron(v_chunk, n0), T, N, p);
-    } else {  // ragged tail: one neuron at a time
-      for (int64_t n = n0; n < N; ++n)
-        backward_neurons<A, SG, DI, HR, SM, 1, false, DG, 1, Fused>(
-            gsp + n, at_neuron(gvp, n), xp + n, at_neuron(v0p, n), gxp + n, at_neuron(gv0p, n),
-            at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
+    int64_t n = g * W;
+    if (n + W <= N) {
+      TCL_BACKWARD_GROUP(W);
+      continue;
     }
+    if constexpr (W != kLanes) {
+      for (; n + kLanes <= N; n += kLanes) TCL_BACKWARD_GROUP(kLanes);
+    }
+    for (; n < N; ++n) TCL_BACKWARD_GROUP(1);
   }
+#undef TCL_BACKWARD_GROUP
 }
 
 // One wrapper per ISA, each with its own target; the body inlines into it.
 #define TCL_FORWARD_GROUPS_FOR(suffix, target)                                                   \
-  template <typename S, typename A, int SG, bool DI, bool HR, bool SM>                          \
+  template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>                   \
   target void forward_groups_##suffix(const S* xp, const S* v0p, S* sp, S* vp, int64_t T,       \
                                       int64_t N, int64_t g0, int64_t g1, const Params<A>& p) {  \
-    forward_groups_body<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);               \
+    forward_groups_body<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);            \
   }
 #define TCL_BACKWARD_GROUPS_FOR(suffix, target, fused)                                           \
-  template <typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>                 \
+  template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>          \
   target void backward_groups_##suffix(const S* gsp, const S* gvp, const S* xp, const S* v0p,   \
                                        S* gxp, S* gv0p, A* partial, A* v_chunk, int64_t T,      \
                                        int64_t N, int64_t g0, int64_t g1, const Params<A>& p) { \
-    backward_groups_body<S, A, SG, DI, HR, SM, DG, fused>(gsp, gvp, xp, v0p, gxp, gv0p, partial, \
+    backward_groups_body<W, S, A, SG, DI, HR, SM, DG, fused>(gsp, gvp, xp, v0p, gxp, gv0p, partial, \
                                                          v_chunk, T, N, g0, g1, p);             \
   }
 TCL_FORWARD_GROUPS_FOR(baseline, )
@@ -182,31 +217,31 @@ TCL_BACKWARD_GROUPS_FOR(avx512, TCL_TARGET_AVX512, true)
 #undef TCL_FORWARD_GROUPS_FOR
 #undef TCL_BACKWARD_GROUPS_FOR
 
-template <CpuIsa I, typename S, typename A, int SG, bool DI, bool HR, bool SM>
+template <CpuIsa I, int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>
 void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0,
                     int64_t g1, const Params<A>& p) {
 #if TCL_CPU_MULTI_ISA
   if constexpr (I == CpuIsa::kAvx512)
-    return forward_groups_avx512<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+    return forward_groups_avx512<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
   if constexpr (I == CpuIsa::kAvx2Fma)
-    return forward_groups_avx2<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+    return forward_groups_avx2<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
 #endif
-  forward_groups_baseline<S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+  forward_groups_baseline<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
 }
 
-template <CpuIsa I, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
+template <CpuIsa I, int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
 void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
                      A* partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
                      const Params<A>& p) {
 #if TCL_CPU_MULTI_ISA
   if constexpr (I == CpuIsa::kAvx512)
-    return backward_groups_avx512<S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
+    return backward_groups_avx512<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
                                                             v_chunk, T, N, g0, g1, p);
   if constexpr (I == CpuIsa::kAvx2Fma)
-    return backward_groups_avx2<S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
+    return backward_groups_avx2<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
                                                           v_chunk, T, N, g0, g1, p);
 #endif
-  backward_groups_baseline<S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
+  backward_groups_baseline<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
                                                      v_chunk, T, N, g0, g1, p);
 }
 
@@ -218,10 +253,19 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   const S* v0p = optional_data_as<S>(v0);
   S* sp = mutable_data_as<S>(spikes);
   S* vp = mutable_data_as<S>(v_last);
+  constexpr int kWide = kForwardWideLanes<A>;
+  const bool wide = use_wide_groups(T, N, kWide);
   with_cpu_isa([&](auto isa) {
-    at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-      forward_groups<decltype(isa)::value, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
-    });
+    constexpr CpuIsa I = decltype(isa)::value;
+    if (wide) {
+      at::parallel_for(0, (N + kWide - 1) / kWide, 1, [&](int64_t g0, int64_t g1) {
+        forward_groups<I, kWide, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+      });
+    } else {
+      at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+        forward_groups<I, kLanes, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+      });
+    }
   });
 }
 
@@ -238,12 +282,23 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
   S* gxp = mutable_data_as<S>(grad_x);
   S* gv0p = grad_v0.numel() ? mutable_data_as<S>(grad_v0) : nullptr;  // empty without v0
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
+  constexpr int kWide = kBackwardWideLanes<A>;
+  const bool wide = use_wide_groups(T, N, kWide);
   with_cpu_isa([&](auto isa) {
     with_bool(grad_decay_partial != nullptr, [&](auto dg) {
-      at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-        backward_groups<decltype(isa)::value, S, A, SG, DI, HR, SM, decltype(dg)::value>(
-            gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
-      });
+      constexpr CpuIsa I = decltype(isa)::value;
+      constexpr bool DG = decltype(dg)::value;
+      if (wide) {
+        at::parallel_for(0, (N + kWide - 1) / kWide, 1, [&](int64_t g0, int64_t g1) {
+          backward_groups<I, kWide, S, A, SG, DI, HR, SM, DG>(
+              gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+        });
+      } else {
+        at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+          backward_groups<I, kLanes, S, A, SG, DI, HR, SM, DG>(
+              gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+        });
+      }
     });
   });
 }

@@ -187,6 +187,39 @@ def test_every_cpu_isa_build_matches_reference(isa, surrogate, reset, monkeypatc
     _assert_close_to_reference(got, want)
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("groups", ["wide", "narrow"])
+def test_wide_cpu_groups_match_reference(isa, groups, monkeypatch):
+    # Large N runs wide groups (4096 neurons forward, 1024 backward in float32)
+    # when T >= 8 and there are at least 4 per thread; the last group, cut short
+    # by N, runs as 128-neuron groups and then one neuron at a time. N here:
+    # enough wide groups for this machine's threads, plus 300 (two 128-groups
+    # and 44 more).
+    monkeypatch.setenv("TCL_FAST_CPU_ISA", isa)
+    if groups == "narrow":
+        monkeypatch.setenv("TCL_FAST_CPU_GROUPS", "narrow")
+    N = 4096 * 4 * torch.get_num_threads() + 300
+    x = _inputs((9, N), "cpu", seed=11)
+    v0 = _inputs((N,), "cpu", seed=12) * 0.3
+    tau = torch.tensor(2.5)  # learnable: the backward's dh/dk buffer too
+    grad_s, grad_v = torch.randn(x.shape), torch.randn(N)
+    kw = dict(v_reset=-0.5, surrogate="sigmoid")
+    got = _run("cpp", x, v0, tau, grad_s, grad_v, **kw)
+    want = _run("reference", x, v0, tau, grad_s, grad_v, **kw)
+    _assert_close_to_reference(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_wide_cpu_groups_float64():
+    # float64 takes 512-neuron backward groups (its h chunk is twice the bytes).
+    N = 4096 * 4 * torch.get_num_threads() + 300
+    x = _inputs((8, N), "cpu", torch.float64, seed=13)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    got = _run("cpp", x, grad_s=g, surrogate="atan")
+    want = _run("reference", x, grad_s=g, surrogate="atan")
+    assert torch.equal(got["spikes"], want["spikes"])
+    torch.testing.assert_close(got["gx"], want["gx"], atol=1e-12, rtol=1e-10)
+
+
 def test_cpu_isa_cap_is_checked(monkeypatch):
     monkeypatch.setenv("TCL_FAST_CPU_ISA", "baseline")
     assert torch.ops.tcl_fast._cpu_isa() in ("baseline", "baseline+fma")

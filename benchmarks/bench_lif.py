@@ -37,6 +37,28 @@ from tcl_fast.ops.lif_reference import lif_multistep_reference  # noqa: E402
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def warm_heap() -> bool:
+    """Keep freed large blocks in the process heap (glibc), as a training loop's
+    steady state does, so that every timed call, the copy baseline's included,
+    reuses memory instead of mapping fresh pages. With glibc's defaults each
+    fresh 32 MiB tensor here page-faults for about 7 ms (a 32 MiB clone: 8-9 ms
+    instead of 1 ms), at random depending on what the heap holds: that noise
+    swamped the kernels being compared. Returns whether it took effect.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc: leave the allocator alone
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    big = 2**31 - 1
+    return bool(mallopt(M_MMAP_THRESHOLD, big)) and bool(mallopt(M_TRIM_THRESHOLD, big))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -219,6 +241,8 @@ def main(argv=None) -> int:
                     help="also time each fused backend with a learnable tau (<name>-plif)")
     ap.add_argument("--backends", nargs="+", default=None,
                     help="time only these (names as in the table; torch always runs)")
+    ap.add_argument("--cold-heap", action="store_true",
+                    help="CPU: leave glibc's allocator at its defaults (large tensors freshly mapped, page faults)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
     args = ap.parse_args(argv)
 
@@ -232,8 +256,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.T = [t for t in args.T if t <= 8] or args.T[:1]
         args.neurons = args.neurons[-1:]
+    heap_warm = device.type == "cpu" and not args.cold_heap and warm_heap()
     name = device_name(device)
-    print(f"device: {name}; torch {torch.__version__}")
+    print(f"device: {name}; torch {torch.__version__}" + ("; warm heap" if heap_warm else ""))
 
     rows = []
     header = (f"{'dtype':>8} {'T':>3} {'neurons':>9} {'backend':>22} {'fwd ms':>9} {'fwd x':>7} "
@@ -305,6 +330,7 @@ def main(argv=None) -> int:
                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        command=" ".join(["python", "benchmarks/bench_lif.py"] + (argv or sys.argv[1:])),
                        bytes_model="forward 2*T*N*elem (read x, write spikes); forward+backward 5*T*N*elem",
+                       warm_heap=heap_warm,
                        rows=rows), f, indent=1)
     print(f"wrote {out}")
     return 0

@@ -6,10 +6,9 @@
 Shows what the backward's compute costs beside its memory traffic: the
 sigmoid surrogate (an exp and a divide per element) against the cheaper ones.
 Calls torch.ops.tcl_fast.lif_forward / lif_backward directly (no autograd),
-median of repeated calls after a warm-up. Run it with
-MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 to keep
-freed outputs in the heap (the warm state a training loop sees); otherwise each
-fresh 32 MiB output pays its page faults on this kind of VM.
+median of repeated calls after a warm-up. Freed outputs stay in the heap (the
+warm state a training loop sees; bench_lif.warm_heap), else each fresh 32 MiB
+output pays its page faults on this kind of VM; --cold-heap turns that off.
 Prints a table and writes JSON (default benchmarks/results/lif_backward_cpu.json).
 """
 from __future__ import annotations
@@ -25,7 +24,7 @@ from datetime import datetime, timezone
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_lif import device_name  # noqa: E402  (this script's folder is on sys.path)
+from bench_lif import device_name, warm_heap  # noqa: E402  (this script's folder is on sys.path)
 from tcl_fast import _extension  # noqa: E402
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES  # noqa: E402
 
@@ -48,15 +47,17 @@ def main(argv=None) -> int:
     ap.add_argument("--neurons", type=int, default=1 << 20)
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--cold-heap", action="store_true", help="leave glibc's allocator at its defaults")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if not _extension.has_cpp():
         ap.error(f"tcl_fast._C is not built: {_extension.load_error()}")
 
     device = torch.device("cpu")
+    heap_warm = not args.cold_heap and warm_heap()
     name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}; T={args.T}, neurons={args.neurons}; "
-          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
+          f"warm heap: {heap_warm}")
     ops = torch.ops.tcl_fast
     decay = torch.tensor(0.5)
     rows = []
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(dict(benchmark="lif_backward", device=name, torch=torch.__version__, T=args.T,
-                       neurons=args.neurons, malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                       neurons=args.neurons, warm_heap=heap_warm,
                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        command=" ".join(["python", "benchmarks/bench_lif_backward.py"] + (argv or sys.argv[1:])),
                        rows=rows), f, indent=1)

@@ -209,6 +209,24 @@ def test_wide_cpu_groups_match_reference(isa, groups, monkeypatch):
     _assert_close_to_reference(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype, monkeypatch):
+    # Each neuron's arithmetic is the same whatever group it runs in (no sums
+    # across neurons), so the two groupings must give identical bits, also in
+    # 16-bit storage; the learnable tau's gradient is a sum, compared closely.
+    N = 4096 * 4 * torch.get_num_threads() + 300
+    x = _inputs((9, N), "cpu", dtype, seed=14)
+    v0 = (_inputs((N,), "cpu", seed=15) * 0.3).to(dtype)
+    g = torch.randn(x.shape).to(dtype)
+    kw = dict(v_reset=None, surrogate="sigmoid")
+    wide = _run("cpp", x, v0, torch.tensor(2.5), grad_s=g, **kw)
+    monkeypatch.setenv("TCL_FAST_CPU_GROUPS", "narrow")
+    narrow = _run("cpp", x, v0, torch.tensor(2.5), grad_s=g, **kw)
+    for key in ("spikes", "v_last", "gx", "gv0"):
+        assert torch.equal(wide[key], narrow[key]), key
+    torch.testing.assert_close(wide["gtau"], narrow["gtau"], atol=1e-4, rtol=1e-4)
+
+
 def test_wide_cpu_groups_float64():
     # float64 takes 512-neuron backward groups (its h chunk is twice the bytes).
     N = 4096 * 4 * torch.get_num_threads() + 300

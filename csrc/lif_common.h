@@ -83,6 +83,8 @@ struct BackwardBuffers {
   A* decay_partial_ptr() { return decay_partial.defined() ? decay_partial.data_ptr<A>() : nullptr; }
   template <typename A>
   A* v_chunk_ptr() { return v_chunk.numel() ? v_chunk.data_ptr<A>() : nullptr; }
+  // nullptr without v0 (grad_v0 is then empty): the kernels write no grad_v0.
+  void* grad_v0_ptr() { return grad_v0.numel() ? grad_v0.data_ptr() : nullptr; }
 
   // (grad_x, grad_v0, grad_decay): the decay gradient sums the per-neuron parts.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& decay) const {

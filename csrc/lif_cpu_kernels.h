@@ -83,7 +83,6 @@ const S* optional_data_as(const std::optional<at::Tensor>& t) {
 // keeps its 16-step h chunk (and dh/dk with a learnable tau) on the stack:
 // 64 KiB each.
 constexpr int kLanes = 128;  // narrow groups: small N or T, and the ends of wide ones
-template <typename A>
 constexpr int kForwardWideLanes = 4096;
 template <typename A>
 constexpr int kBackwardWideLanes = static_cast<int>(65536 / (kTimeChunk * sizeof(A)));
@@ -253,7 +252,7 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   const S* v0p = optional_data_as<S>(v0);
   S* sp = mutable_data_as<S>(spikes);
   S* vp = mutable_data_as<S>(v_last);
-  constexpr int kWide = kForwardWideLanes<A>;
+  constexpr int kWide = kForwardWideLanes;
   const bool wide = use_wide_groups(T, N, kWide);
   with_cpu_isa([&](auto isa) {
     constexpr CpuIsa I = decltype(isa)::value;
@@ -272,7 +271,7 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
 void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                         const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
-                        at::Tensor& grad_v0, A* grad_decay_partial, A* v_chunk,
+                        S* gv0p /* nullptr without v0 */, A* grad_decay_partial, A* v_chunk,
                         const Params<A>& p) {
   const int64_t T = x.size(0), N = x.size(1);
   const S* gsp = data_as<S>(grad_spikes);
@@ -280,7 +279,6 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
   const S* xp = data_as<S>(x);
   const S* v0p = optional_data_as<S>(v0);
   S* gxp = mutable_data_as<S>(grad_x);
-  S* gv0p = grad_v0.numel() ? mutable_data_as<S>(grad_v0) : nullptr;  // empty without v0
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
   constexpr int kWide = kBackwardWideLanes<A>;
   const bool wide = use_wide_groups(T, N, kWide);
@@ -350,6 +348,7 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
   p.decay = decay.data_ptr<A>()[0];
   A* partial = out.decay_partial_ptr<A>();
   A* chunk = out.v_chunk_ptr<A>();
+  S* grad_v0 = static_cast<S*>(out.grad_v0_ptr());
   return with_surrogate(a.surrogate, [&](auto sg) {
     with_bool(a.decay_input, [&](auto di) {
       with_bool(a.hard_reset, [&](auto hr) {
@@ -358,12 +357,12 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
         if constexpr (smooth_supported<S>()) {
           if (a.smooth) {
             backward_cpu_typed<S, A, SG, DI, HR, true>(grad_spikes, grad_v_last, x, v0, out.grad_x,
-                                                       out.grad_v0, partial, chunk, p);
+                                                       grad_v0, partial, chunk, p);
             return;
           }
         }
         backward_cpu_typed<S, A, SG, DI, HR, false>(grad_spikes, grad_v_last, x, v0, out.grad_x,
-                                                    out.grad_v0, partial, chunk, p);
+                                                    grad_v0, partial, chunk, p);
       });
     });
   });

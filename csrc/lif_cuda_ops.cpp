@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
   const char* err = cuda::backward(
       a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
       x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
-      out.grad_x.data_ptr(), out.grad_v0.numel() ? out.grad_v0.data_ptr() : nullptr,
+      out.grad_x.data_ptr(), out.grad_v0_ptr(),
       out.decay_partial_ptr<float>(), out.v_chunk_ptr<float>());
   TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
   return out.finish(decay);

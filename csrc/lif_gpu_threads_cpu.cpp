@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
     const S* xp = data_as<S>(x);
     const S* v0p = optional_data_as<S>(v0);
     S* gxp = mutable_data_as<S>(out.grad_x);
-    S* gv0p = out.grad_v0.numel() ? mutable_data_as<S>(out.grad_v0) : nullptr;
+    S* gv0p = static_cast<S*>(out.grad_v0_ptr());
     const int lanes = backward_thread_lanes<S>(N, partial != nullptr, gsp, xp, gxp);
     known = with_surrogate(surrogate, [&](auto sg) {
       with_backward_width(lanes, [&](auto width, auto dg) {

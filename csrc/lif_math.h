@@ -357,8 +357,8 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
 }
 
 // grad_v_last and grad_v0 are nullable (no gradient flows in from the final
-// membrane / nobody wants the initial membrane's). grad_decay_partial (nullable) receives this group's sum over time of
-// dL/dh * dh/dk per neuron; a caller that never wants it sets DecayGrad = false,
+// membrane / nobody wants the initial membrane's). grad_decay_partial
+// (nullable) receives this group's sum over time of dL/dh * dh/dk per neuron; a caller that never wants it sets DecayGrad = false,
 // which drops the per-step dh/dk buffer (registers on the GPU). v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
 // (row stride `stride`) holding the membrane at the start of each later chunk.
 //

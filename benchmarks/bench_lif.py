@@ -40,10 +40,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def warm_heap() -> bool:
     """Keep freed large blocks in the process heap (glibc), as a training loop's
     steady state does, so that every timed call, the copy baseline's included,
-    reuses memory instead of mapping fresh pages. With glibc's defaults each
-    fresh 32 MiB tensor here page-faults for about 7 ms (a 32 MiB clone: 8-9 ms
-    instead of 1 ms), at random depending on what the heap holds: that noise
-    swamped the kernels being compared. Returns whether it took effect.
+    reuses memory instead of mapping fresh pages. With glibc's defaults a fresh
+    32 MiB tensor page-faults on every page, at random depending on what the
+    heap holds (`--cold-heap` shows it in the copy row): that noise swamped the
+    kernels being compared. Returns whether it took effect.
     """
     import ctypes
     import ctypes.util

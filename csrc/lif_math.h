@@ -79,8 +79,8 @@ TCL_HD double tcl_fma(double a, double b, double c) {
 // fuses: its rounding decides spikes, which must match the reference bit for
 // bit (hence -ffp-contract=off / --fmad=false). The backward's gradient math
 // (exp polynomial, surrogate, chain rule) is only tolerance-compared; fusing it
-// halves its instructions and shortens its dependency chains: the sigmoid
-// backward on 2 AVX-512 cores went from 0.79 to 0.47 ns per element in cache.
+// halves its instructions and shortens its dependency chains (the sigmoid
+// backward's timings: lif_cpu_kernels.h, benchmarks/bench_lif_backward.py).
 // Fused = false gives exactly the unfused arithmetic (for CPUs without FMA,
 // where fmaf would be a library call per element).
 template <bool Fused, typename A>

@@ -46,6 +46,10 @@ if _extension.has_cpp():
         x, v0, decay, *params = inputs
         ctx.save_for_backward(x, v0, decay)
         ctx.params = params
+        # An output nobody used gets None, not a tensor of zeros autograd would
+        # fill for it: the final membrane is usually unused, and the kernel
+        # treats None as zero without reading anything.
+        ctx.set_materialize_grads(False)
 
     def _lif_backward(ctx, grad_spikes, grad_v_last):
         x, v0, decay = ctx.saved_tensors

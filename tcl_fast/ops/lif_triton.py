@@ -385,6 +385,7 @@ if _TRITON_IMPORT_ERROR is None:
         x2d, v0, decay, *params = inputs
         ctx.save_for_backward(x2d, v0, decay)
         ctx.params = params
+        ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None (see lif.py)
 
     def _backward(ctx, grad_spikes, grad_v_last):
         x2d, v0, decay = ctx.saved_tensors

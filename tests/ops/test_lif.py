@@ -334,12 +334,61 @@ def test_backward_without_final_membrane_gradient(device):
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
         assert got[1].shape == ((300,) if init is not None else (0,))
-    # Through autograd: v_last unused, so its gradient reaches the op as None.
     xg = x.clone().requires_grad_()
     tcl_fast.lif_multistep(xg, backend=FUSED[device]).backward(grad_s)
     xr = x.clone().requires_grad_()
     lif_multistep_reference(xr, None, 0.5, 1.0, 0.0, True, False, "sigmoid", None)[0].backward(grad_s)
     torch.testing.assert_close(xg.grad, xr.grad, atol=1e-5, rtol=1e-5)
+
+
+def _backward_op_inputs(backward_op, run):
+    """Input shapes the profiler saw for each call of ``backward_op`` during
+    ``run()``, and the names of every aten op that filled memory with zeros."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    events = prof.events()
+    calls = [e.input_shapes for e in events if e.name == backward_op]
+    zero_fills = [(e.name, e.input_shapes) for e in events if e.name in ("aten::zeros", "aten::zeros_like")]
+    return calls, zero_fills
+
+
+BACKWARD_OPS = {"cpp": "tcl_fast::lif_backward", "cuda": "tcl_fast::lif_backward",
+                "triton": "tcl_fast::lif_backward_triton"}
+
+
+@pytest.mark.parametrize("backend", ["cpp", "cuda", "triton"])
+def test_unused_final_membrane_reaches_the_op_as_none(backend):
+    # Autograd would otherwise build (and the kernel read) a [N] tensor of zeros
+    # for the unused final membrane's gradient: the op must get None. Likewise
+    # spikes nobody used reach it as zeros only when the membrane was used.
+    device = "cuda" if backend == "cuda" else "cpu"
+    if (backend == "cuda" and not HAS_CUDA_KERNELS) or not tcl_fast.ops.lif.backend_available(
+            backend, torch.device(device)):
+        pytest.skip(f"{backend} backend not available here")
+    N = 37
+    x = _inputs((6, N), device).requires_grad_()
+    grad_s = torch.randn_like(x)
+
+    def spikes_only():
+        x.grad = None
+        tcl_fast.lif_multistep(x, backend=backend).backward(grad_s)
+
+    calls, zero_fills = _backward_op_inputs(BACKWARD_OPS[backend], spikes_only)
+    assert len(calls) == 1
+    assert calls[0][:3] == [[6, N], [], [6, N]], calls[0]  # grad_v_last: None
+    assert not [z for z in zero_fills if [N] in z[1] or [6, N] in z[1]], zero_fills
+
+    def membrane_only():
+        x.grad = None
+        tcl_fast.lif_multistep(x, backend=backend, return_v=True)[1].sum().backward()
+
+    calls, _ = _backward_op_inputs(BACKWARD_OPS[backend], membrane_only)
+    assert len(calls) == 1 and calls[0][:3] == [[6, N], [N], [6, N]], calls
+    xr = x.detach().clone().requires_grad_()
+    lif_multistep_reference(xr, None, 0.5, 1.0, 0.0, True, False, "sigmoid", None)[1].sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=1e-5)
 
 
 class _TinySNN(torch.nn.Module):

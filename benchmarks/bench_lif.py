@@ -76,16 +76,26 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads{isa})"
 
 
-def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: float = 0.5) -> dict:
+def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: float = 0.5,
+                        calls: int = 1) -> tuple[dict, dict]:
     """Median seconds per call of every function, measured round-robin.
 
-    Each round calls every function once, so a change in what the rest of the
-    machine is doing (shared cores, CPU quota) hits all of them alike and the
-    ratios between them stay meaningful. The order is shuffled every round:
+    Returns ``(per_call, latency)``. A sample of ``per_call`` times ``calls``
+    back-to-back calls between two synchronisations, divided by ``calls``: on
+    a GPU the host queues the next call's kernels while the current ones run,
+    so this is the rate a training loop sustains (the kernels' time, or the
+    host's when launching takes longer than the kernels run). ``latency`` times
+    one call with a synchronisation on either side: kernel time plus the
+    host's time to launch it, not overlapped. With ``calls=1`` (the default on
+    CPU, where every call is synchronous anyway) the two are the same samples.
+
+    Each round samples every function once, so a change in what the rest of
+    the machine is doing (shared cores, CPU quota) hits all of them alike and
+    the ratios between them stay meaningful. The order is shuffled every round:
     a call pays for what the call before it left in the caches and the heap
     (on the 2-core CPU VM, the same kernel timed right after the torch
     reference took 1.04-1.6x as long as when timed after another fused call),
-    so no function may keep one place. The GPU is synchronised before every
+    so no function may keep one place. The device is synchronised before every
     clock read.
     """
     def sync():
@@ -96,6 +106,7 @@ def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: 
         fn()
     sync()
     samples = {name: [] for name in fns}
+    lone = {name: [] for name in fns}
     order = list(fns)
     shuffle = random.Random(0).shuffle
     start = time.perf_counter()
@@ -107,11 +118,20 @@ def interleaved_medians(fns: dict, device: torch.device, rounds: int, min_time: 
             t0 = time.perf_counter()
             fn()
             sync()
-            samples[name].append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            lone[name].append(t1 - t0)
+            if calls == 1:
+                samples[name].append(t1 - t0)
+                continue
+            for _ in range(calls):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - t1) / calls)
         done = len(samples[next(iter(fns))])
         if done >= rounds and (time.perf_counter() - start >= min_time or done >= 4 * rounds):
             break
-    return {name: statistics.median(values) for name, values in samples.items()}
+    med = statistics.median
+    return ({name: med(v) for name, v in samples.items()}, {name: med(v) for name, v in lone.items()})
 
 
 def spikingjelly_backends(device: torch.device, dtype: torch.dtype) -> dict:
@@ -235,6 +255,10 @@ def main(argv=None) -> int:
                     help="neurons per time step (default: CPU 2^16 2^20; CUDA 2^20 and SpikingJelly's 64x65536)")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--calls-per-sample", type=int, default=None,
+                    help="back-to-back calls per timed sample (default: 1 on CPU, 10 on CUDA, where "
+                         "the host then launches ahead of the GPU as in training; the JSON also "
+                         "keeps each call's latency, timed alone between two synchronisations)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
     ap.add_argument("--plif", action="store_true",
@@ -253,12 +277,17 @@ def main(argv=None) -> int:
         args.neurons = [1 << 16, 1 << 20] if device.type == "cpu" else [1 << 20, 64 * 65536]
     if args.dtypes is None:
         args.dtypes = ["float32", "bfloat16"] if device.type == "cpu" else ["float32", "float16", "bfloat16"]
+    if args.calls_per_sample is None:
+        args.calls_per_sample = 1 if device.type == "cpu" else 10
+    if args.calls_per_sample < 1:
+        ap.error("--calls-per-sample must be >= 1")
     if args.quick:
         args.T = [t for t in args.T if t <= 8] or args.T[:1]
         args.neurons = args.neurons[-1:]
     heap_warm = device.type == "cpu" and not args.cold_heap and warm_heap()
     name = device_name(device)
-    print(f"device: {name}; torch {torch.__version__}" + ("; warm heap" if heap_warm else ""))
+    print(f"device: {name}; torch {torch.__version__}" + ("; warm heap" if heap_warm else "")
+          + (f"; {args.calls_per_sample} back-to-back calls per sample" if args.calls_per_sample > 1 else ""))
 
     rows = []
     header = (f"{'dtype':>8} {'T':>3} {'neurons':>9} {'backend':>22} {'fwd ms':>9} {'fwd x':>7} "
@@ -296,7 +325,8 @@ def main(argv=None) -> int:
                     fns[(bname, "fwd")] = forward
                     fns[(bname, "fb")] = forward_backward
                 try:
-                    medians = interleaved_medians(fns, device, args.repeats)
+                    medians, latency = interleaved_medians(fns, device, args.repeats,
+                                                           calls=args.calls_per_sample)
                 except Exception as exc:  # report, don't abort the whole table
                     print(f"{dtype_name:>8} {T:>3} {N:>9}  failed: {type(exc).__name__}: {exc}")
                     continue
@@ -309,6 +339,8 @@ def main(argv=None) -> int:
                     fb_bw = 5 * x.numel() * esize / fb_s
                     row = dict(dtype=dtype_name, T=T, neurons=N, backend=bname,
                                forward_ms=fwd_s * 1e3, forward_backward_ms=fb_s * 1e3,
+                               forward_latency_ms=latency[(bname, "fwd")] * 1e3,
+                               forward_backward_latency_ms=latency[(bname, "fb")] * 1e3,
                                forward_speedup_vs_torch=base_fwd / fwd_s,
                                forward_backward_speedup_vs_torch=base_fb / fb_s,
                                forward_bandwidth_gbs=fwd_bw / 1e9, forward_backward_bandwidth_gbs=fb_bw / 1e9,
@@ -320,7 +352,8 @@ def main(argv=None) -> int:
                           f"{row['forward_speedup_vs_torch']:>6.1f}x {100 * row['forward_fraction_of_copy']:>8.0f}% "
                           f"{fb_s * 1e3:>9.3f} {row['forward_backward_speedup_vs_torch']:>6.1f}x "
                           f"{100 * row['forward_backward_fraction_of_copy']:>8.0f}%")
-                print(f"{'':>8} {'':>3} {'':>9} {'(copy)':>22} {copy_s * 1e3:>9.3f}   copy {copy_bw / 1e9:.1f} GB/s")
+                print(f"{'':>8} {'':>3} {'':>9} {'(copy)':>22} {copy_s * 1e3:>9.3f}   copy {copy_bw / 1e9:.1f} GB/s"
+                      + (f"; one call alone {latency['copy'] * 1e3:.3f} ms" if args.calls_per_sample > 1 else ""))
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"lif_{device.type}.json")
@@ -330,7 +363,7 @@ def main(argv=None) -> int:
                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        command=" ".join(["python", "benchmarks/bench_lif.py"] + (argv or sys.argv[1:])),
                        bytes_model="forward 2*T*N*elem (read x, write spikes); forward+backward 5*T*N*elem",
-                       warm_heap=heap_warm,
+                       warm_heap=heap_warm, calls_per_sample=args.calls_per_sample,
                        rows=rows), f, indent=1)
     print(f"wrote {out}")
     return 0

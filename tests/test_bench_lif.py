@@ -17,13 +17,16 @@ def test_bench_lif_tiny_cpu_run(tmp_path):
     out = tmp_path / "lif.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_lif.py"), "--device", "cpu",
            "--dtypes", "float32", "--neurons", "256", "--T", "4", "--no-compile", "--repeats", "2",
-           "--plif", "--backends", "cpp", "cpp-plif", "--out", str(out)]
+           "--plif", "--backends", "cpp", "cpp-plif", "--calls-per-sample", "3", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    assert result["calls_per_sample"] == 3
+    rows = result["rows"]
     assert {r["backend"] for r in rows} == {"torch", "cpp", "cpp-plif"}
     for r in rows:
         assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
+        assert r["forward_latency_ms"] > 0 and r["forward_backward_latency_ms"] > 0
         assert 0 < r["forward_backward_fraction_of_copy"]
     assert "cpp-plif" in proc.stdout
 
@@ -44,3 +47,21 @@ def test_bench_lif_runs_summarises_fresh_processes(tmp_path):
                      for i in range(len(run)) if run[i]["backend"] == "cpp")
     ms = cpp[0]["forward_backward_ms"]
     assert (ms["min"], ms["max"]) == (per_run[0], per_run[-1])
+
+
+@pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
+def test_profile_lif_splits_kernel_time_from_the_call(tmp_path):
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_lif.py"), "--device", "cpu",
+           "--T", "3", "--neurons", "4096", "--calls", "2", "--backends", "torch", "cpp",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"torch", "cpp"}
+    cpp = rows["cpp"]
+    assert set(cpp["kernels_us"]) == {"tcl_fast::lif_forward", "tcl_fast::lif_backward"}
+    assert cpp["kernel_us"] == pytest.approx(sum(cpp["kernels_us"].values()))
+    assert cpp["kernel_us"] > 0 and cpp["wall_us"] > 0 and cpp["copy_kernel_us"] > 0
+    assert rows["torch"]["kernels_us"] == {}  # many small ops: no kernel time claimed
+    assert rows["torch"]["kernel_us"] is None and "NaN" not in out.read_text()

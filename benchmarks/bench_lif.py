@@ -225,11 +225,16 @@ def backend_env(name: str):
                 os.environ[k] = v
 
 
-def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, plif: bool = False):
+def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, plif: bool = False,
+                  op_path: bool = False):
     """name -> callable(x) returning spikes; only those that run here.
 
     plif: also each fused backend with a learnable tau (`<name>-plif`), whose
-    backward computes the tau gradient (on CUDA, one neuron per thread)."""
+    backward computes the tau gradient (on CUDA, one neuron per thread).
+    op_path: also the C++/CUDA op called through the dispatcher (`<name>-op`),
+    whose autograd is torch.library's generic wrapper, where
+    ``tcl_fast.lif_multistep`` takes a leaner Function in eager mode: the same
+    kernels, more host time per call."""
     backends = {"torch": lambda x: lif_multistep_reference(x)[0]}
     if use_compile:
         backends["torch.compile"] = torch.compile(lambda x: lif_multistep_reference(x)[0], dynamic=False)
@@ -240,6 +245,12 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, p
                 tau = torch.tensor(2.0, device=device, requires_grad=True)
                 backends[name + "-plif"] = (
                     lambda b, tau: lambda x: tcl_fast.lif_multistep(x, tau=tau, backend=b))(name, tau)
+    if op_path:
+        decay = torch.tensor(0.5, device=device)  # tau = 2, as the other rows
+        for name in ("cpp", "cuda"):
+            if name in backends:
+                backends[name + "-op"] = lambda x: torch.ops.tcl_fast.lif_forward(
+                    x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)[0]
     for name, (base, _) in BACKEND_ENV.items():  # the same kernels, other settings
         if base in backends:
             backends[name] = backends[base]
@@ -263,6 +274,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
     ap.add_argument("--plif", action="store_true",
                     help="also time each fused backend with a learnable tau (<name>-plif)")
+    ap.add_argument("--op-path", action="store_true",
+                    help="also each C++/CUDA kernel called as the op through the dispatcher "
+                         "(<name>-op: torch.library's autograd wrapper instead of lif_multistep's)")
     ap.add_argument("--backends", nargs="+", default=None,
                     help="time only these (names as in the table; torch always runs)")
     ap.add_argument("--cold-heap", action="store_true",
@@ -299,7 +313,7 @@ def main(argv=None) -> int:
         for T in args.T:
             for N in args.neurons:
                 torch._dynamo.reset()  # one fresh compile per shape, not a recompile chain
-                backends = make_backends(device, dtype, not args.no_compile, args.plif)
+                backends = make_backends(device, dtype, not args.no_compile, args.plif, args.op_path)
                 if args.backends:  # the torch reference stays: it is the speed-up baseline
                     backends = {k: v for k, v in backends.items()
                                 if k == "torch" or k in args.backends}

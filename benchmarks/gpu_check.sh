@@ -13,11 +13,12 @@
 # Builds tcl_fast against the torch there (--no-build-isolation; a rebuild on
 # the same machine is incremental), then runs the chosen stages: "tests" (the
 # CUDA/Triton tests, each logged by name), "lif" (bench_lif.py, then
-# profile_lif.py: kernel time vs the whole call) and "supcon" (the benchmarks).
+# profile_lif.py: kernel time vs the whole call, then the host time per call
+# at 1024 neurons) and "supcon" (the benchmarks).
 # Logs + JSON go to OUTDIR (at most 7 files, so a lent machine can return them
 # all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side numbers)
 # are installed first, offline. Each stage has its own time limit (T_BUILD,
-# T_TESTS, T_LIF, T_PROF, T_SUPCON, T_SJ seconds) so a slow stage cannot eat the later ones; by
+# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_SJ seconds) so a slow stage cannot eat the later ones; by
 # default the benchmarks run a lean sweep that fits a short lease
 # (SpikingJelly's own shape, 64x65536, in full).
 set -uo pipefail
@@ -85,6 +86,10 @@ timeout "$T_LIF" python benchmarks/bench_lif.py "${LIF_ARGS[@]}" --out "$OUT/lif
 stage profile_lif | tee -a "$LOG"
 read -r -a PROF_ARGS <<< "${PROF_ARGS:---T 4 32 --dtypes float16 float32}"
 timeout "${T_PROF:-60}" python benchmarks/profile_lif.py "${PROF_ARGS[@]}" --out "$OUT/profile_lif_cuda.json" 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+stage "host time per call (1024 neurons)" | tee -a "$LOG"
+timeout "${T_HOST:-40}" python benchmarks/bench_lif.py --neurons 1024 --T 4 --dtypes float32 --no-compile --op-path \
+  --repeats 50 --out "$OUT/lif_host_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 fi

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 
 #include <type_traits>
 
@@ -12,17 +13,24 @@
 namespace tcl_fast {
 namespace lif {
 
+// x is [T, *neurons]; the kernels see it as [T, N] with N the product of the
+// neuron dims, and the per-neuron tensors (v0, v_last, grad_v0) have the
+// neuron dims' shape. Taking any shape spares the Python side the reshapes,
+// whose autograd view nodes cost host time on every call.
+inline at::IntArrayRef neuron_sizes(const at::Tensor& x) { return x.sizes().slice(1); }
+inline int64_t num_neurons(const at::Tensor& x) { return c10::multiply_integers(neuron_sizes(x)); }
+
 // Checks what the Python wrapper already guarantees, so a direct
 // torch.ops.tcl_fast call with bad tensors errors instead of corrupting memory.
 inline void check_forward_inputs(const at::Tensor& x, const std::optional<at::Tensor>& v0_opt,
                                  const at::Tensor& decay, int64_t surrogate, double alpha) {
-  TORCH_CHECK(x.dim() == 2, "tcl_fast::lif: x must be [T, N], got ", x.dim(), " dims");
+  TORCH_CHECK(x.dim() >= 1, "tcl_fast::lif: x must be [T, *neurons], got a 0-dim tensor");
   TORCH_CHECK(x.size(0) >= 1, "tcl_fast::lif: x needs T >= 1 time steps");
   TORCH_CHECK(x.is_contiguous(), "tcl_fast::lif: x must be contiguous");
   if (v0_opt.has_value()) {
     const at::Tensor& v0 = *v0_opt;
-    TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1),
-                "tcl_fast::lif: v0 must be [N] with N = x.size(1)");
+    TORCH_CHECK(v0.sizes() == neuron_sizes(x),
+                "tcl_fast::lif: v0 must have the neuron dims' shape x.shape[1:]");
     TORCH_CHECK(v0.is_contiguous(), "tcl_fast::lif: v0 must be contiguous");
     TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "tcl_fast::lif: v0 must have x's dtype");
     TORCH_CHECK(v0.device() == x.device(), "tcl_fast::lif: x and v0 must be on one device");
@@ -44,10 +52,10 @@ inline void check_backward_inputs(const at::Tensor& grad_spikes,
               "tcl_fast::lif_backward: grad_spikes must be contiguous, like x");
   if (!grad_v_last_opt.has_value()) return;  // None: no gradient from the final membrane
   const at::Tensor& grad_v_last = *grad_v_last_opt;
-  TORCH_CHECK(grad_v_last.dim() == 1 && grad_v_last.size(0) == x.size(1) &&
+  TORCH_CHECK(grad_v_last.sizes() == neuron_sizes(x) &&
                   grad_v_last.scalar_type() == x.scalar_type() && grad_v_last.is_contiguous() &&
                   grad_v_last.device() == x.device(),
-              "tcl_fast::lif_backward: grad_v_last must be a contiguous [N] tensor of x's dtype");
+              "tcl_fast::lif_backward: grad_v_last must be a contiguous x.shape[1:] tensor of x's dtype");
 }
 
 template <typename A>
@@ -75,9 +83,9 @@ struct BackwardBuffers {
 
   BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad)
       : grad_x(at::empty_like(x)),
-        grad_v0(at::empty({has_v0 ? x.size(1) : 0}, x.options())),
-        decay_partial(need_decay_grad ? at::empty({x.size(1)}, decay.options()) : at::Tensor()),
-        v_chunk(at::empty({num_checkpoint_rows(x.size(0)), x.size(1)}, decay.options())) {}
+        grad_v0(has_v0 ? at::empty(neuron_sizes(x), x.options()) : at::empty({0}, x.options())),
+        decay_partial(need_decay_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
+        v_chunk(at::empty({num_checkpoint_rows(x.size(0)), num_neurons(x)}, decay.options())) {}
 
   template <typename A>
   A* decay_partial_ptr() { return decay_partial.defined() ? decay_partial.data_ptr<A>() : nullptr; }

@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
   auto spikes = at::empty_like(x);
-  auto v_last = at::empty({x.size(1)}, x.options());
+  auto v_last = at::empty(neuron_sizes(x), x.options());
   if (x.numel() == 0) return {spikes, v_last};
   const OpArgs a{v_threshold, v_reset, alpha, hard_reset, decay_input, detach_reset, smooth, surrogate};
   with_kernel_storage<true>(x, "lif_forward_cpu", [&](auto tag) {

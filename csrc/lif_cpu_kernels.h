@@ -247,7 +247,7 @@ void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* g
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
 void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
                        at::Tensor& v_last, const Params<A>& p) {
-  const int64_t T = x.size(0), N = x.size(1);
+  const int64_t T = x.size(0), N = num_neurons(x);
   const S* xp = data_as<S>(x);
   const S* v0p = optional_data_as<S>(v0);
   S* sp = mutable_data_as<S>(spikes);
@@ -273,7 +273,7 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
                         const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
                         S* gv0p /* nullptr without v0 */, A* grad_decay_partial, A* v_chunk,
                         const Params<A>& p) {
-  const int64_t T = x.size(0), N = x.size(1);
+  const int64_t T = x.size(0), N = num_neurons(x);
   const S* gsp = data_as<S>(grad_spikes);
   const S* gvp = optional_data_as<S>(grad_v_last);
   const S* xp = data_as<S>(x);

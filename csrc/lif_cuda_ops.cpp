@@ -24,7 +24,7 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_r
                   x.scalar_type());
   }
   a.T = x.size(0);
-  a.N = x.size(1);
+  a.N = num_neurons(x);
   a.v_threshold = static_cast<float>(v_threshold);
   a.v_reset = static_cast<float>(v_reset);
   a.alpha = static_cast<float>(alpha);
@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
   auto spikes = at::empty_like(x);
-  auto v_last = at::empty({x.size(1)}, x.options());
+  auto v_last = at::empty(neuron_sizes(x), x.options());
   const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
                              surrogate, alpha);
   const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),

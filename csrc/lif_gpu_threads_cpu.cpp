@@ -20,9 +20,9 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_gpu_threads(
   check_forward_inputs(x, v0, decay, surrogate, alpha);
   TORCH_CHECK(!smooth, "_lif_forward_gpu_threads: no smooth mode");
   auto spikes = at::empty_like(x);
-  auto v_last = at::empty({x.size(1)}, x.options());
+  auto v_last = at::empty(neuron_sizes(x), x.options());
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
-  const int64_t T = x.size(0), N = x.size(1);
+  const int64_t T = x.size(0), N = num_neurons(x);
   with_kernel_storage<false>(x, "_lif_forward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);
     p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_gpu_threads(
   TORCH_CHECK(!smooth, "_lif_backward_gpu_threads: no smooth mode");
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
   auto p = make_params<float>(v_threshold, v_reset, alpha, detach_reset);
-  const int64_t T = x.size(0), N = x.size(1);
+  const int64_t T = x.size(0), N = num_neurons(x);
   bool known = true;
   with_kernel_storage<false>(x, "_lif_backward_gpu_threads", [&](auto tag) {
     using S = decltype(tag);

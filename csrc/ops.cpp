@@ -24,15 +24,16 @@ std::string cpu_isa_name();  // lif_cpu.cpp
 }  // namespace tcl_fast
 
 TORCH_LIBRARY(tcl_fast, m) {
-  // x: [T, N] contiguous; v0: [N] or None (start at v_reset); decay: 0-dim (float32, float64 for float64 x)
+  // x: [T, *neurons] contiguous, run as [T, N] (N = the neuron dims' product); v0: x.shape[1:] or
+  // None (start at v_reset); v_last: x.shape[1:]; decay: 0-dim (float32, float64 for float64 x)
   // holding k = 1/tau. surrogate: 0 sigmoid, 1 atan, 2 triangle, 3 rectangle.
   // smooth: test mode firing the surrogate's primitive (see csrc/lif_math.h).
   m.def(
       "lif_forward(Tensor x, Tensor? v0, Tensor decay, float v_threshold, float v_reset, "
       "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
       "bool smooth) -> (Tensor spikes, Tensor v_last)");
-  // grad_v_last None: no gradient flows in from the final membrane. grad_v0 is
-  // [N] when v0 is given, else empty ([0]).
+  // grad_v_last None: no gradient flows in from the final membrane. grad_v0 has
+  // v0's shape when v0 is given, else is empty ([0]).
   m.def(
       "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "

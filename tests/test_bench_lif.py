@@ -17,13 +17,14 @@ def test_bench_lif_tiny_cpu_run(tmp_path):
     out = tmp_path / "lif.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_lif.py"), "--device", "cpu",
            "--dtypes", "float32", "--neurons", "256", "--T", "4", "--no-compile", "--repeats", "2",
-           "--plif", "--backends", "cpp", "cpp-plif", "--calls-per-sample", "3", "--out", str(out)]
+           "--plif", "--op-path", "--backends", "cpp", "cpp-plif", "cpp-op", "--calls-per-sample", "3",
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["calls_per_sample"] == 3
     rows = result["rows"]
-    assert {r["backend"] for r in rows} == {"torch", "cpp", "cpp-plif"}
+    assert {r["backend"] for r in rows} == {"torch", "cpp", "cpp-plif", "cpp-op"}
     for r in rows:
         assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
         assert r["forward_latency_ms"] > 0 and r["forward_backward_latency_ms"] > 0

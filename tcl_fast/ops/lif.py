@@ -1,7 +1,8 @@
 """Multi-step LIF as an autograd-capable op with several backends.
 
-``lif_multistep`` validates its input, flattens the neuron dims to ``[T, N]``
-and calls one backend:
+``lif_multistep`` validates its input, makes it contiguous and calls one
+backend (the C++/CUDA op takes ``[T, *neurons]`` as it is; Triton's op takes
+``[T, N]``, a view):
 
 * ``cpp``    - ``torch.ops.tcl_fast.lif_forward`` on CPU tensors (csrc/lif_cpu.cpp)
 * ``cuda``   - the same op on CUDA tensors (csrc/lif_cuda_kernels.cuh)
@@ -9,7 +10,9 @@ and calls one backend:
 * ``torch``  - the pure-PyTorch reference (tcl_fast/ops/lif_reference.py)
 
 The C++/CUDA op is declared once in csrc/ops.cpp; its fake (meta) kernel and
-autograd formula are registered here, so it traces under ``torch.compile``.
+autograd formula are registered here, so it traces under ``torch.compile``. In
+eager mode ``lif_multistep`` applies the same formula through a plain
+autograd.Function (``_LIFFunction``), which costs the host less per call.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ if _extension.has_cpp():
                            hard_reset, decay_input, detach_reset, surrogate, alpha, smooth,
                            need_decay_grad):
         grad_v0_shape = x.shape[1:] if v0 is not None else (0,)  # empty without v0
+        # x: [T, *neurons]; the per-neuron tensors have the neuron dims' shape.
         return torch.empty_like(x), x.new_empty(grad_v0_shape), torch.empty_like(decay)
 
     def _lif_setup_context(ctx, inputs, output):
@@ -71,13 +75,42 @@ if _extension.has_cpp():
         "tcl_fast::lif_forward", _lif_backward, setup_context=_lif_setup_context
     )
 
+    class _LIFFunction(torch.autograd.Function):
+        """The op's autograd in eager mode, with less host time per call.
 
-def _lif_compiled(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
-                  detach_reset, surrogate_id, alpha, smooth):
-    return torch.ops.tcl_fast.lif_forward(
-        x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
-        surrogate_id, alpha, smooth,
-    )
+        Called through the dispatcher, the op's autograd (registered above) runs
+        torch.library's generic Python wrapper; this Function calls the kernels
+        below autograd and shares the formula above, for less host time per
+        forward+backward (bench_lif.py --op-path --neurons 1 times both, rows
+        `cpp`/`cuda` against `cpp-op`/`cuda-op`). Host time is what bounds a
+        GPU layer whose kernels take less. torch.compile traces the op
+        instead (``_lif_compiled``).
+        """
+
+        # The old-style forward(ctx, ...): a separate setup_context costs ~15 us
+        # more per call (torch 2.14). (Neither this nor torch.library's Function
+        # supports torch.func transforms.)
+        @staticmethod
+        def forward(ctx, x, v0, decay, *params):
+            with torch._C._AutoDispatchBelowAutograd():
+                output = torch.ops.tcl_fast.lif_forward.default(x, v0, decay, *params)
+            _lif_setup_context(ctx, (x, v0, decay, *params), output)
+            return output
+
+        backward = staticmethod(_lif_backward)
+
+
+def _lif_compiled(*args):
+    """The C++/CUDA op: through ``_LIFFunction`` in eager mode when a gradient
+    is wanted, straight to the kernel when none is, as the op under compile."""
+    if torch.compiler.is_compiling():
+        return torch.ops.tcl_fast.lif_forward(*args)
+    x2d, v0, decay = args[:3]
+    if torch.is_grad_enabled() and (x2d.requires_grad or decay.requires_grad
+                                    or (v0 is not None and v0.requires_grad)):
+        return _LIFFunction.apply(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.tcl_fast.lif_forward.default(*args)
 
 
 def _lif_triton(*args):
@@ -266,19 +299,20 @@ def lif_multistep(
         )
         return (spikes, v_last) if return_v else spikes
 
-    T = x.shape[0]
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if isinstance(k, torch.Tensor):
         k = k.to(device=x.device, dtype=acc_dtype)
     else:
         k = _constant_decay(float(k), x.device, acc_dtype)
-    x2d = x.reshape(T, -1).contiguous()  # one copy at most (non-contiguous / channels_last)
-    v0_flat = None if v0 is None else v0.reshape(-1).contiguous()  # None: start at v_r
-    fn = _lif_triton if backend == "triton" else _lif_compiled
-    spikes, v_last = fn(
-        x2d, v0_flat, k, v_threshold, v_r, hard_reset, decay_input, detach_reset,
-        SURROGATES.index(surrogate), alpha, _smooth,
-    )
-    spikes = spikes.reshape(x.shape)
-    v_last = v_last.reshape(neuron_shape)
+    params = (v_threshold, v_r, hard_reset, decay_input, detach_reset,
+              SURROGATES.index(surrogate), alpha, _smooth)
+    # One copy at most (non-contiguous / channels_last); None: start at v_r.
+    x_c = x.contiguous()
+    v0_c = None if v0 is None else v0.contiguous()
+    if backend == "triton":  # its op takes [T, N]
+        T = x.shape[0]
+        spikes, v_last = _lif_triton(x_c.view(T, -1), None if v0_c is None else v0_c.view(-1), k, *params)
+        spikes, v_last = spikes.view(x.shape), v_last.view(neuron_shape)
+    else:  # the C++/CUDA op takes [T, *neurons] as it is: no view nodes for autograd
+        spikes, v_last = _lif_compiled(x_c, v0_c, k, *params)
     return (spikes, v_last) if return_v else spikes

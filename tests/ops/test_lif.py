@@ -321,6 +321,68 @@ def test_opcheck_backward(device, with_v0, with_grad_v):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_v0", [True, False])
+def test_opcheck_neuron_dims(device, with_v0):
+    # The op takes x as [T, *neurons]; v0, v_last and grad_v0 have the neuron dims' shape.
+    x = _inputs((5, 3, 1, 7), device).requires_grad_()
+    v0 = (0.1 * torch.randn(3, 1, 7, device=device)).requires_grad_() if with_v0 else None
+    decay = torch.tensor(0.5, device=device, requires_grad=True)
+    params = (1.0, 0.0, True, True, False, 0, 4.0, False)
+    torch.library.opcheck(torch.ops.tcl_fast.lif_forward.default, (x, v0, decay, *params))
+    args = (torch.randn_like(x), torch.randn_like(x[0]), x.detach(),
+            None if v0 is None else v0.detach(), decay.detach(), *params, True)
+    torch.library.opcheck(torch.ops.tcl_fast.lif_backward.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_neuron_dims_run_as_one_flat_row(device):
+    # [T, 2, 3, 4] gives, bit for bit, what [T, 24] gives, in the neuron dims' shape.
+    ops = torch.ops.tcl_fast
+    x = _inputs((6, 2, 3, 4), device)
+    v0 = 0.2 * torch.randn(2, 3, 4, device=device)
+    decay = torch.tensor(0.5, device=device)
+    params = (1.0, 0.0, True, True, False, 1, 2.0, False)
+    spikes, v_last = ops.lif_forward(x, v0, decay, *params)
+    flat_s, flat_v = ops.lif_forward(x.view(6, -1), v0.view(-1), decay, *params)
+    assert spikes.shape == x.shape and v_last.shape == (2, 3, 4)
+    assert torch.equal(spikes.view(6, -1), flat_s) and torch.equal(v_last.view(-1), flat_v)
+    gs, gv = torch.randn_like(x), torch.randn_like(v0)
+    got = ops.lif_backward(gs, gv, x, v0, decay, *params, True)
+    want = ops.lif_backward(gs.view(6, -1), gv.view(-1), x.view(6, -1), v0.view(-1), decay, *params, True)
+    assert got[0].shape == x.shape and got[1].shape == v0.shape
+    for a, b in zip(got, want):
+        assert torch.equal(a.reshape(b.shape), b)
+    # A [N] v0 for [T, 2, 3, 4] is a caller's mistake, not a reshape to guess.
+    with pytest.raises(RuntimeError, match="v0 must have the neuron dims' shape"):
+        ops.lif_forward(x, v0.view(-1), decay, *params)
+    with pytest.raises(RuntimeError, match="grad_v_last must be"):
+        ops.lif_backward(gs, gv.view(-1), x, v0, decay, *params, True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_autograd_is_one_node(device):
+    # lif_multistep's eager path records one autograd node straight onto x (no
+    # view nodes, no torch.library wrapper) and computes what the op's own
+    # registered autograd computes, bit for bit.
+    x = _inputs((7, 3, 5), device).requires_grad_()
+    v0 = (0.1 * torch.randn(3, 5, device=device)).requires_grad_()
+    tau = torch.tensor(2.5, device=device, requires_grad=True)
+    spikes, v_last = tcl_fast.lif_multistep(x, v0, tau=tau, return_v=True, backend=FUSED[device])
+    node = spikes.grad_fn
+    assert type(node).__name__ == "_LIFFunctionBackward" and v_last.grad_fn is node
+    assert node.next_functions[0][0].variable is x and node.next_functions[1][0].variable is v0
+    gs, gv = torch.randn_like(spikes), torch.randn_like(v_last)
+    got = torch.autograd.grad([spikes, v_last], [x, v0, tau], [gs, gv])
+    decay = 1.0 / tau
+    s_op, v_op = torch.ops.tcl_fast.lif_forward(x, v0, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)
+    assert "GeneratedBackwardFor_tcl_fast_lif_forward" in type(s_op.grad_fn).__name__
+    want = torch.autograd.grad([s_op, v_op], [x, v0, tau], [gs, gv])
+    assert torch.equal(spikes, s_op) and torch.equal(v_last, v_op)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_backward_without_final_membrane_gradient(device):
     # grad_v_last=None means a zero gradient from the final membrane, without
     # reading zeros; without v0 the op returns an empty grad_v0 and writes none.

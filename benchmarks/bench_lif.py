@@ -59,6 +59,24 @@ def warm_heap() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, big)) and bool(mallopt(M_TRIM_THRESHOLD, big))
 
 
+def write_results(out: str | None, script: str, argv, device: torch.device, name: str, **fields) -> str:
+    """Write a benchmark's JSON (default benchmarks/results/<script>_<device>.json,
+    e.g. lif_cpu.json for bench_lif.py) with the device, torch, date and the
+    command that made it; returns the path."""
+    stem = os.path.splitext(script)[0].removeprefix("bench_")
+    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                              f"{stem}_{device.type}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(dict(benchmark=stem, device=name, device_type=device.type, torch=torch.__version__,
+                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       command=" ".join(["python", f"benchmarks/{script}"]
+                                        + list(sys.argv[1:] if argv is None else argv)),
+                       **fields), f, indent=1)
+    print(f"wrote {out}")
+    return out
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -369,17 +387,9 @@ def main(argv=None) -> int:
                 print(f"{'':>8} {'':>3} {'':>9} {'(copy)':>22} {copy_s * 1e3:>9.3f}   copy {copy_bw / 1e9:.1f} GB/s"
                       + (f"; one call alone {latency['copy'] * 1e3:.3f} ms" if args.calls_per_sample > 1 else ""))
 
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"lif_{device.type}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(benchmark="lif", device=name, device_type=device.type, torch=torch.__version__,
-                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       command=" ".join(["python", "benchmarks/bench_lif.py"] + (argv or sys.argv[1:])),
-                       bytes_model="forward 2*T*N*elem (read x, write spikes); forward+backward 5*T*N*elem",
-                       warm_heap=heap_warm, calls_per_sample=args.calls_per_sample,
-                       rows=rows), f, indent=1)
-    print(f"wrote {out}")
+    write_results(args.out, "bench_lif.py", argv, device, name,
+                  bytes_model="forward 2*T*N*elem (read x, write spikes); forward+backward 5*T*N*elem",
+                  warm_heap=heap_warm, calls_per_sample=args.calls_per_sample, rows=rows)
     return 0
 
 

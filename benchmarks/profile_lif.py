@@ -26,11 +26,9 @@ run it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 from torch.autograd import DeviceType
@@ -38,7 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_lif import DTYPES, device_name, make_backends, warm_heap  # noqa: E402
+from bench_lif import DTYPES, device_name, make_backends, warm_heap, write_results  # noqa: E402
 
 # On CPU a fused backend's work happens inside these ops (their inclusive
 # time); the rest of a call is dispatch, autograd and allocation.
@@ -148,16 +146,8 @@ def main(argv=None) -> int:
                                  wall_us=r["wall_us"], kernel_bandwidth_gbs=nan_to_none(bw / 1e9),
                                  copy_kernel_us=copy["kernel_us"], copy_kernel_bandwidth_gbs=copy_bw / 1e9,
                                  kernel_fraction_of_copy=nan_to_none(bw / copy_bw)))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"profile_lif_{device.type}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(benchmark="profile_lif", device=name, device_type=device.type, torch=torch.__version__,
-                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       command=" ".join(["python", "benchmarks/profile_lif.py"] + (argv or sys.argv[1:])),
-                       bytes_model="forward+backward 5*T*N*elem over the summed kernel time",
-                       rows=rows), f, indent=1)
-    print(f"wrote {out}")
+    write_results(args.out, "profile_lif.py", argv, device, name,
+                  bytes_model="forward+backward 5*T*N*elem over the summed kernel time", rows=rows)
     return 0
 
 

@@ -52,6 +52,11 @@ def _device_us(event) -> float:
     return 0.0
 
 
+def nan_to_none(value: float):
+    """JSON has no NaN: a figure that could not be measured is null."""
+    return None if value != value else value
+
+
 def profile_calls(fn, device: torch.device, calls: int, cpu_work_ops=CPU_FUSED_OPS) -> dict:
     """Kernel time per call (by name) and host wall time per call of ``fn``.
 
@@ -136,7 +141,6 @@ def main(argv=None) -> int:
                     print(f"{dtype_name:>8} {T:>3} {bname:>20}  failed: {type(exc).__name__}: {exc}")
                     continue
                 bw = moved / (r["kernel_us"] * 1e-6)  # nan: no kernel time to split out (CPU)
-                nan_to_none = (lambda v: None if v != v else v)
                 detail = ", ".join(f"{k[:48]}: {v:.1f}" for k, v in
                                    sorted(r["kernels_us"].items(), key=lambda kv: -kv[1]))
                 print(f"{dtype_name:>8} {T:>3} {bname:>20} {r['kernel_us']:>10.1f} {bw / 1e9:>11.0f} "

@@ -238,8 +238,10 @@ def split_per_class(per_class: dict[str, list[Path]]):
     for label, name in enumerate(CLASSES):
         files = per_class[name]
         cut = len(files) * TRAIN_NUMERATOR // TRAIN_DENOMINATOR
-        train[0].extend(files[:cut]); train[1].extend([label] * cut)
-        test[0].extend(files[cut:]); test[1].extend([label] * (len(files) - cut))
+        train[0].extend(files[:cut])
+        train[1].extend([label] * cut)
+        test[0].extend(files[cut:])
+        test[1].extend([label] * (len(files) - cut))
     return train, test
 
 

@@ -94,10 +94,12 @@ struct BackwardBuffers {
   // nullptr without v0 (grad_v0 is then empty): the kernels write no grad_v0.
   void* grad_v0_ptr() { return grad_v0.numel() ? grad_v0.data_ptr() : nullptr; }
 
-  // (grad_x, grad_v0, grad_decay): the decay gradient sums the per-neuron parts.
+  // (grad_x, grad_v0, grad_decay): the decay gradient sums the per-neuron parts;
+  // unless asked for it is an empty [0] tensor (on CUDA a zero fill would be a
+  // kernel launch per backward for a value autograd throws away).
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& decay) const {
     auto grad_decay = decay_partial.defined() ? decay_partial.sum().reshape(decay.sizes())
-                                              : at::zeros_like(decay);
+                                              : at::empty({0}, decay.options());
     return {grad_x, grad_v0, grad_decay};
   }
 };

@@ -33,7 +33,8 @@ TORCH_LIBRARY(tcl_fast, m) {
       "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
       "bool smooth) -> (Tensor spikes, Tensor v_last)");
   // grad_v_last None: no gradient flows in from the final membrane. grad_v0 has
-  // v0's shape when v0 is given, else is empty ([0]).
+  // v0's shape when v0 is given, else is empty ([0]); grad_decay is 0-dim with
+  // need_decay_grad, else empty ([0]).
   m.def(
       "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "

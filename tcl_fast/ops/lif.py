@@ -44,7 +44,8 @@ if _extension.has_cpp():
                            need_decay_grad):
         grad_v0_shape = x.shape[1:] if v0 is not None else (0,)  # empty without v0
         # x: [T, *neurons]; the per-neuron tensors have the neuron dims' shape.
-        return torch.empty_like(x), x.new_empty(grad_v0_shape), torch.empty_like(decay)
+        grad_decay = torch.empty_like(decay) if need_decay_grad else decay.new_empty(0)
+        return torch.empty_like(x), x.new_empty(grad_v0_shape), grad_decay
 
     def _lif_setup_context(ctx, inputs, output):
         x, v0, decay, *params = inputs

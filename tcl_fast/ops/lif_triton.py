@@ -17,7 +17,7 @@ Ops (registered with ``torch.library.triton_op`` so they trace under
 
 * ``tcl_fast::lif_forward_triton(x2d, v0, decay, ...) -> (spikes, v_last)``
 * ``tcl_fast::lif_backward_triton(grad_spikes, grad_v_last | None, x2d, v0, decay, ...,
-  need_decay_grad) -> (grad_x, grad_v0 ([0] without v0), grad_decay)``
+  need_decay_grad) -> (grad_x, grad_v0 ([0] without v0), grad_decay ([0] unless needed))``
 
 The accumulation dtype is ``decay``'s dtype: float32, or float64 for float64
 ``x`` (float64 runs in the interpreter and on GPUs with fp64 support).
@@ -325,7 +325,9 @@ if _TRITON_IMPORT_ERROR is None:
 
     def _lif_backward_fake(grad_spikes, grad_v_last, x2d, v0, decay, *params):
         grad_v0_shape = x2d.shape[1:] if v0 is not None else (0,)
-        return torch.empty_like(x2d), x2d.new_empty(grad_v0_shape), torch.empty_like(decay)
+        need_decay_grad = params[-1]
+        grad_decay = torch.empty_like(decay) if need_decay_grad else decay.new_empty(0)
+        return torch.empty_like(x2d), x2d.new_empty(grad_v0_shape), grad_decay
 
     @_define_op("tcl_fast::lif_forward_triton", _lif_forward_fake)
     def _lif_forward_op(
@@ -375,7 +377,9 @@ if _TRITON_IMPORT_ERROR is None:
                 NEED_DECAY_GRAD=need_decay_grad,
                 H_IN_GRAD_X=h_in_grad_x, enable_fp_fusion=False,
             )
-        if need_decay_grad and N > 0:
+        if not need_decay_grad:
+            grad_decay = decay.new_empty(0)  # like the C++ op: no fill kernel for a discarded value
+        elif N > 0:
             grad_decay = grad_decay_parts.sum().reshape(decay.shape)
         else:
             grad_decay = torch.zeros_like(decay)

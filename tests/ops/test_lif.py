@@ -312,11 +312,15 @@ def test_opcheck_forward(device, with_v0):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_v0", [True, False])
 @pytest.mark.parametrize("with_grad_v", [True, False])
-def test_opcheck_backward(device, with_v0, with_grad_v):
+@pytest.mark.parametrize("need_decay_grad", [True, False])
+def test_opcheck_backward(device, with_v0, with_grad_v, need_decay_grad):
     x, v0, decay, *params = _op_args(device, v0=with_v0, requires_grad=False)
     grad_v = torch.randn_like(x[0]) if with_grad_v else None
-    args = (torch.randn_like(x), grad_v, x, v0, decay, *params, True)
+    args = (torch.randn_like(x), grad_v, x, v0, decay, *params, need_decay_grad)
     torch.library.opcheck(torch.ops.tcl_fast.lif_backward.default, args)
+    grad_decay = torch.ops.tcl_fast.lif_backward(*args)[2]
+    # Not asked for: an empty tensor, not a zero somebody must fill.
+    assert grad_decay.shape == (() if need_decay_grad else (0,))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -286,18 +286,22 @@ if _TRITON_IMPORT_ERROR is None:
             tl.store(grad_decay_ptr + offs, grad_k, mask=mask)
 
     # ---------------------------------------------------------- autotuning ----
-    def _configs():
-        if _INTERPRET:  # one big block: autotuning in the interpreter is far too slow
-            return [triton.Config({"BLOCK": 1024}, num_warps=4)]
-        return [
+    if _INTERPRET:
+        # One big block, no autotuner: autotuning in the interpreter is far too
+        # slow, and older Triton's (3.2) autotuner asks for a GPU driver as soon
+        # as it is built, which the interpreter on a CPU machine doesn't have.
+        _lif_fwd, _lif_bwd = _lif_fwd_kernel, _lif_bwd_kernel
+        _LAUNCH_META = {"BLOCK": 1024}
+    else:
+        _CONFIGS = [
             triton.Config({"BLOCK": block}, num_warps=warps)
             for block, warps in ((128, 1), (128, 4), (256, 2), (256, 4), (512, 4),
                                  (512, 8), (1024, 4), (1024, 8))
         ]
-
-    # T is in the key: it sets how much work each program does.
-    _lif_fwd = triton.autotune(configs=_configs(), key=["N", "T"])(_lif_fwd_kernel)
-    _lif_bwd = triton.autotune(configs=_configs(), key=["N", "T"])(_lif_bwd_kernel)
+        # T is in the key: it sets how much work each program does.
+        _lif_fwd = triton.autotune(configs=_CONFIGS, key=["N", "T"])(_lif_fwd_kernel)
+        _lif_bwd = triton.autotune(configs=_CONFIGS, key=["N", "T"])(_lif_bwd_kernel)
+        _LAUNCH_META = {}  # BLOCK comes from the autotuner
 
     def _grid(meta):
         return (triton.cdiv(meta["N"], meta["BLOCK"]),)
@@ -343,7 +347,7 @@ if _TRITON_IMPORT_ERROR is None:
                 x2d, x2d if v0 is None else v0, decay, spikes, v_last, T, N,
                 v_threshold, v_reset, alpha, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
                 DECAY_INPUT=decay_input, SURROGATE=surrogate_id,
-                SMOOTH=smooth, enable_fp_fusion=False,
+                SMOOTH=smooth, enable_fp_fusion=False, **_LAUNCH_META,
             )
         return spikes, v_last
 
@@ -375,7 +379,7 @@ if _TRITON_IMPORT_ERROR is None:
                 HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
                 DETACH_RESET=detach_reset, SURROGATE=surrogate_id, SMOOTH=smooth,
                 NEED_DECAY_GRAD=need_decay_grad,
-                H_IN_GRAD_X=h_in_grad_x, enable_fp_fusion=False,
+                H_IN_GRAD_X=h_in_grad_x, enable_fp_fusion=False, **_LAUNCH_META,
             )
         if not need_decay_grad:
             grad_decay = decay.new_empty(0)  # like the C++ op: no fill kernel for a discarded value

@@ -23,6 +23,7 @@ large tile is used so the interpreter stays tolerable.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -174,21 +175,19 @@ def _configs(pairs):
 
 
 # Autotuned variants (GPU only: the autotuner times each config on the device).
-_supcon_lse_fwd_autotuned = triton.autotune(
-    configs=_configs([
-        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2),
-        (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4),
-    ]),
-    key=["N", "D", "BLOCK_D"],
-)(_supcon_lse_fwd_kernel)
-
-_supcon_lse_bwd_autotuned = triton.autotune(
-    configs=_configs([
-        (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2),
-        (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 64, 4, 3),
-    ]),
-    key=["N", "D", "BLOCK_D"],
-)(_supcon_lse_bwd_kernel)
+# Built on first use: older Triton's (3.2) autotuner asks for a GPU driver as
+# soon as it is built, which would fail the import on a CPU machine.
+@functools.cache
+def _autotuned(kind: str):
+    if kind == "fwd":
+        pairs = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2),
+                 (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4)]
+        kernel = _supcon_lse_fwd_kernel
+    else:
+        pairs = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 64, 8, 2),
+                 (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3), (32, 64, 4, 3)]
+        kernel = _supcon_lse_bwd_kernel
+    return triton.autotune(configs=_configs(pairs), key=["N", "D", "BLOCK_D"])(kernel)
 
 
 def _define_op(name: str):
@@ -237,7 +236,7 @@ def supcon_lse_triton(x: torch.Tensor, inv_temperature: float, allow_tf32: bool)
         def grid(meta):
             return (triton.cdiv(n, meta["BLOCK_M"]),)
 
-        wrap_triton(_supcon_lse_fwd_autotuned)[grid](
+        wrap_triton(_autotuned("fwd"))[grid](
             *args, BLOCK_D=block_d, ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32, UPCAST_DOT=False,
         )
     return lse
@@ -275,7 +274,7 @@ def supcon_lse_triton_backward(
         def grid(meta):
             return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(d, block_d))
 
-        wrap_triton(_supcon_lse_bwd_autotuned)[grid](
+        wrap_triton(_autotuned("bwd"))[grid](
             *args, BLOCK_D=block_d, ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32, UPCAST_DOT=False,
         )
     return grad_x

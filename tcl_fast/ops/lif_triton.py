@@ -292,6 +292,10 @@ if _TRITON_IMPORT_ERROR is None:
         # as it is built, which the interpreter on a CPU machine doesn't have.
         _lif_fwd, _lif_bwd = _lif_fwd_kernel, _lif_bwd_kernel
         _LAUNCH_META = {"BLOCK": 1024}
+        def _wrap(kernel):
+            # The ops are opaque custom_ops here (below): launch the kernel as
+            # it is (torch 2.6's wrap_triton rejects an interpreted kernel).
+            return kernel
     else:
         _CONFIGS = [
             triton.Config({"BLOCK": block}, num_warps=warps)
@@ -302,6 +306,7 @@ if _TRITON_IMPORT_ERROR is None:
         _lif_fwd = triton.autotune(configs=_CONFIGS, key=["N", "T"])(_lif_fwd_kernel)
         _lif_bwd = triton.autotune(configs=_CONFIGS, key=["N", "T"])(_lif_bwd_kernel)
         _LAUNCH_META = {}  # BLOCK comes from the autotuner
+        _wrap = torch.library.wrap_triton
 
     def _grid(meta):
         return (triton.cdiv(meta["N"], meta["BLOCK"]),)
@@ -343,7 +348,7 @@ if _TRITON_IMPORT_ERROR is None:
         spikes = torch.empty_like(x2d)
         v_last = x2d.new_empty(x2d.shape[1:])
         if N > 0:
-            torch.library.wrap_triton(_lif_fwd)[_grid](
+            _wrap(_lif_fwd)[_grid](
                 x2d, x2d if v0 is None else v0, decay, spikes, v_last, T, N,
                 v_threshold, v_reset, alpha, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
                 DECAY_INPUT=decay_input, SURROGATE=surrogate_id,
@@ -371,7 +376,7 @@ if _TRITON_IMPORT_ERROR is None:
         grad_decay_parts = torch.empty(
             (N if need_decay_grad else 1,), dtype=decay.dtype, device=x2d.device)
         if N > 0:
-            torch.library.wrap_triton(_lif_bwd)[_grid](
+            _wrap(_lif_bwd)[_grid](
                 grad_spikes, x2d if grad_v_last is None else grad_v_last, x2d,
                 x2d if v0 is None else v0, decay, grad_x,
                 grad_v0, grad_decay_parts, scratch, T, N, v_threshold,

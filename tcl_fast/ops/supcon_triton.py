@@ -227,7 +227,7 @@ def supcon_lse_triton(x: torch.Tensor, inv_temperature: float, allow_tf32: bool)
     args = (x, lse, n, d, x.stride(0), inv_temperature * _LOG2E)
     if _interpreting():
         grid = (triton.cdiv(n, _INTERPRET_BLOCK_M),)
-        wrap_triton(_supcon_lse_fwd_kernel)[grid](
+        _supcon_lse_fwd_kernel[grid](  # an opaque custom_op here: no wrap_triton (torch 2.6 rejects it)
             *args, BLOCK_M=_INTERPRET_BLOCK_M, BLOCK_N=_INTERPRET_BLOCK_N, BLOCK_D=block_d,
             ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32,
             UPCAST_DOT=x.dtype == torch.bfloat16,
@@ -265,7 +265,7 @@ def supcon_lse_triton_backward(
             inv_temperature, inv_temperature * _LOG2E)
     if _interpreting():
         grid = (triton.cdiv(n, _INTERPRET_BLOCK_M), triton.cdiv(d, block_d))
-        wrap_triton(_supcon_lse_bwd_kernel)[grid](
+        _supcon_lse_bwd_kernel[grid](  # as in the forward
             *args, BLOCK_M=_INTERPRET_BLOCK_M, BLOCK_N=_INTERPRET_BLOCK_N, BLOCK_D=block_d,
             ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32,
             UPCAST_DOT=x.dtype == torch.bfloat16,

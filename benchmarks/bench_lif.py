@@ -10,13 +10,17 @@ fused C++ (CPU) or CUDA kernel, Triton, and SpikingJelly's LIFNode when it is
 installed. Each row reports the speed-up over the reference measured in the
 same run and the effective bandwidth (the bytes a fused kernel must move:
 forward reads x and writes spikes; backward reads x and grad_spikes and writes
-grad_x) as a fraction of a plain tensor copy measured in the same run.
+grad_x) as a fraction of a plain tensor copy measured in the same run. On
+CUDA each function cycles through enough input sets to span 4x the L2 cache
+(--input-sets), and each timed sample is 10 back-to-back calls
+(--calls-per-sample).
 Results: a table on stdout and JSON under benchmarks/results/.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -57,6 +61,16 @@ def warm_heap() -> bool:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     big = 2**31 - 1
     return bool(mallopt(M_MMAP_THRESHOLD, big)) and bool(mallopt(M_TRIM_THRESHOLD, big))
+
+
+def default_input_sets(device: torch.device, x_bytes: int) -> int:
+    """Input sets to cycle through: on CUDA enough that they span 4x the L2
+    cache (at most 8), so repeated calls don't time a cache-resident input; on
+    CPU one (its table's small sizes are meant to show the in-cache case)."""
+    if device.type != "cuda":
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 << 20
+    return max(1, min(8, -(-4 * l2 // x_bytes)))
 
 
 def write_results(out: str | None, script: str, argv, device: torch.device, name: str, **fields) -> str:
@@ -292,6 +306,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="T in {4, 8}, one size")
     ap.add_argument("--plif", action="store_true",
                     help="also time each fused backend with a learnable tau (<name>-plif)")
+    ap.add_argument("--input-sets", type=int, default=None,
+                    help="inputs each function cycles through (default: CUDA enough to span 4x the "
+                         "L2 cache, at most 8; CPU 1)")
     ap.add_argument("--op-path", action="store_true",
                     help="also each C++/CUDA kernel called as the op through the dispatcher "
                          "(<name>-op: torch.library's autograd wrapper instead of lif_multistep's)")
@@ -336,23 +353,31 @@ def main(argv=None) -> int:
                     backends = {k: v for k, v in backends.items()
                                 if k == "torch" or k in args.backends}
                 torch.manual_seed(0)
-                x = (torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype)
-                grad = torch.randn_like(x)
-                esize = x.element_size()
+                esize = torch.empty((), dtype=dtype).element_size()
+                sets = args.input_sets or default_input_sets(device, T * N * esize)
+                # Calls cycle through `sets` inputs (each with its grad), so a call
+                # never finds its input still in a cache the previous one filled.
+                xs = [(torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype) for _ in range(sets)]
+                grads = [torch.randn_like(xs[0]) for _ in range(sets)]
+                xgs = [x_.detach().clone().requires_grad_() for x_ in xs]
+                x = xs[0]
+
+                def cycler():
+                    return itertools.cycle(range(sets)).__next__
+
                 # clone, not copy_ into a kept buffer: every backend allocates its
                 # outputs per call, so the copy baseline pays for allocation too.
-                fns = {"copy": lambda: x.clone()}
+                fns = {"copy": lambda nxt=cycler(): xs[nxt()].clone()}
                 for bname, fn in backends.items():
-                    def forward(fn=fn, bname=bname):
+                    def forward(fn=fn, bname=bname, nxt=cycler()):
                         with torch.no_grad(), backend_env(bname):
-                            fn(x)
+                            fn(xs[nxt()])
 
-                    xg = x.detach().clone().requires_grad_()
-
-                    def forward_backward(fn=fn, xg=xg, bname=bname):
-                        xg.grad = None
+                    def forward_backward(fn=fn, bname=bname, nxt=cycler()):
+                        i = nxt()
+                        xgs[i].grad = None
                         with backend_env(bname):
-                            fn(xg).backward(grad)
+                            fn(xgs[i]).backward(grads[i])
 
                     fns[(bname, "fwd")] = forward
                     fns[(bname, "fb")] = forward_backward
@@ -369,7 +394,7 @@ def main(argv=None) -> int:
                 for bname, (fwd_s, fb_s) in results.items():
                     fwd_bw = 2 * x.numel() * esize / fwd_s
                     fb_bw = 5 * x.numel() * esize / fb_s
-                    row = dict(dtype=dtype_name, T=T, neurons=N, backend=bname,
+                    row = dict(dtype=dtype_name, T=T, neurons=N, backend=bname, input_sets=sets,
                                forward_ms=fwd_s * 1e3, forward_backward_ms=fb_s * 1e3,
                                forward_latency_ms=latency[(bname, "fwd")] * 1e3,
                                forward_backward_latency_ms=latency[(bname, "fb")] * 1e3,

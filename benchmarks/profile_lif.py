@@ -26,6 +26,7 @@ run it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -36,7 +37,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_lif import DTYPES, device_name, make_backends, warm_heap, write_results  # noqa: E402
+from bench_lif import (  # noqa: E402
+    DTYPES, default_input_sets, device_name, make_backends, warm_heap, write_results)
 
 # On CPU a fused backend's work happens inside these ops (their inclusive
 # time); the rest of a call is dispatch, autograd and allocation.
@@ -118,10 +120,15 @@ def main(argv=None) -> int:
         dtype = DTYPES[dtype_name]
         for T in args.T:
             torch.manual_seed(0)
-            x = (torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype)
-            grad = torch.randn_like(x)
+            # As in bench_lif: calls cycle through input sets spanning 4x the L2.
+            sets = default_input_sets(device, T * N * torch.empty((), dtype=dtype).element_size())
+            xs = [(torch.randn(T, N, device=device) * 1.5 + 0.4).to(dtype) for _ in range(sets)]
+            grads = [torch.randn_like(xs[0]) for _ in range(sets)]
+            xgs = [x_.detach().clone().requires_grad_() for x_ in xs]
+            x = xs[0]
             moved = 5 * x.numel() * x.element_size()
-            copy = profile_calls(lambda: x.clone(), device, args.calls, cpu_work_ops=("aten::copy_",))
+            nxt = itertools.cycle(range(sets)).__next__
+            copy = profile_calls(lambda: xs[nxt()].clone(), device, args.calls, cpu_work_ops=("aten::copy_",))
             copy_bw = 2 * x.numel() * x.element_size() / (copy["kernel_us"] * 1e-6)
             print(f"{dtype_name:>8} {T:>3} {'(copy)':>20} {copy['kernel_us']:>10.1f} {copy_bw / 1e9:>11.0f} "
                   f"{'100%':>10} {copy['wall_us']:>9.1f}")
@@ -129,11 +136,10 @@ def main(argv=None) -> int:
             if args.backends:
                 backends = {k: v for k, v in backends.items() if k in args.backends}
             for bname, fn in backends.items():
-                xg = x.detach().clone().requires_grad_()
-
-                def forward_backward(fn=fn, xg=xg):
-                    xg.grad = None
-                    fn(xg).backward(grad)
+                def forward_backward(fn=fn, nxt=itertools.cycle(range(sets)).__next__):
+                    i = nxt()
+                    xgs[i].grad = None
+                    fn(xgs[i]).backward(grads[i])
 
                 try:
                     r = profile_calls(forward_backward, device, args.calls)

@@ -18,6 +18,7 @@ def test_bench_lif_tiny_cpu_run(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_lif.py"), "--device", "cpu",
            "--dtypes", "float32", "--neurons", "256", "--T", "4", "--no-compile", "--repeats", "2",
            "--plif", "--op-path", "--backends", "cpp", "cpp-plif", "cpp-op", "--calls-per-sample", "3",
+           "--input-sets", "2",
            "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -28,6 +29,7 @@ def test_bench_lif_tiny_cpu_run(tmp_path):
     for r in rows:
         assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
         assert r["forward_latency_ms"] > 0 and r["forward_backward_latency_ms"] > 0
+        assert r["input_sets"] == 2
         assert 0 < r["forward_backward_fraction_of_copy"]
     assert "cpp-plif" in proc.stdout
 

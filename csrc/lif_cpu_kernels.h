@@ -79,7 +79,10 @@ const S* optional_data_as(const std::optional<at::Tensor>& t) {
 // Timed side by side (bench_lif.py, cpp vs cpp-narrow, 2 cores, 2^16 and 2^20
 // neurons, float32 and bfloat16): at T = 8..32 forward 0.54-0.86x the time of
 // 128-neuron groups, forward+backward 0.64-1.04x; at T = 4 and 2^20 neurons
-// wide groups were slower (1.08-1.25x), so T = 4 stays narrow. The backward
+// wide groups were slower, so T < 8 stays narrow: forward 1.25x (float32) and
+// 1.74x (bfloat16) the time, forward+backward 1.04-1.07x (bench_lif.py --T 4
+// --neurons 1048576 --dtypes float32 bfloat16 --backends cpp cpp-wide;
+// results/lif_wide_t4_cpu.json; TCL_FAST_CPU_GROUPS=wide forces them). The backward
 // keeps its 16-step h chunk (and dh/dk with a learnable tau) on the stack:
 // 64 KiB each.
 constexpr int kLanes = 128;  // narrow groups: small N or T, and the ends of wide ones
@@ -91,11 +94,14 @@ constexpr int64_t kWideGroupsPerThread = 4;  // fewer than this per thread: go n
 constexpr int64_t kWideMinSteps = 8;
 
 // Whether a kernel over T steps of N neurons runs wide groups of `wide`
-// neurons: TCL_FAST_CPU_GROUPS=narrow forces 128 (benchmarks time both).
+// neurons. TCL_FAST_CPU_GROUPS=narrow forces 128; =wide drops the T rule
+// (not the N one) so the benchmarks can time what T < 8 would give.
 inline bool use_wide_groups(int64_t T, int64_t N, int wide) {
   const char* v = std::getenv("TCL_FAST_CPU_GROUPS");
-  if (v != nullptr && std::string(v) == "narrow") return false;
-  return T >= kWideMinSteps && N >= int64_t(wide) * kWideGroupsPerThread * at::get_num_threads();
+  const std::string force = v != nullptr ? v : "";
+  if (force == "narrow") return false;
+  const bool enough_neurons = N >= int64_t(wide) * kWideGroupsPerThread * at::get_num_threads();
+  return enough_neurons && (T >= kWideMinSteps || force == "wide");
 }
 
 // The group loops are compiled three times, for AVX-512, AVX2+FMA and the

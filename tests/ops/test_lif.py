@@ -187,18 +187,19 @@ def test_every_cpu_isa_build_matches_reference(isa, surrogate, reset, monkeypatc
 
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
-@pytest.mark.parametrize("groups", ["wide", "narrow"])
+@pytest.mark.parametrize("groups", ["wide", "narrow", "wide-short-T"])
 def test_wide_cpu_groups_match_reference(isa, groups, monkeypatch):
     # Large N runs wide groups (4096 neurons forward, 1024 backward in float32)
     # when T >= 8 and there are at least 4 per thread; the last group, cut short
     # by N, runs as 128-neuron groups and then one neuron at a time. N here:
     # enough wide groups for this machine's threads, plus 300 (two 128-groups
     # and 44 more).
+    # wide-short-T: TCL_FAST_CPU_GROUPS=wide forces wide groups at T < 8.
     monkeypatch.setenv("TCL_FAST_CPU_ISA", isa)
-    if groups == "narrow":
-        monkeypatch.setenv("TCL_FAST_CPU_GROUPS", "narrow")
+    if groups != "wide":
+        monkeypatch.setenv("TCL_FAST_CPU_GROUPS", groups.removesuffix("-short-T"))
     N = 4096 * 4 * torch.get_num_threads() + 300
-    x = _inputs((9, N), "cpu", seed=11)
+    x = _inputs((5 if groups == "wide-short-T" else 9, N), "cpu", seed=11)
     v0 = _inputs((N,), "cpu", seed=12) * 0.3
     tau = torch.tensor(2.5)  # learnable: the backward's dh/dk buffer too
     grad_s, grad_v = torch.randn(x.shape), torch.randn(N)

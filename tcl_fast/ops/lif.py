@@ -20,6 +20,7 @@ import math
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from tcl_fast import _extension
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES, lif_multistep_reference
@@ -56,6 +57,9 @@ if _extension.has_cpp():
         # treats None as zero without reading anything.
         ctx.set_materialize_grads(False)
 
+    # The backward op has no derivative of its own: asking for a second order
+    # gradient raises autograd's clear "differentiate twice" error.
+    @once_differentiable
     def _lif_backward(ctx, grad_spikes, grad_v_last):
         x, v0, decay = ctx.saved_tensors
         if grad_spikes is None:

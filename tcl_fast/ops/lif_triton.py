@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -400,6 +401,7 @@ if _TRITON_IMPORT_ERROR is None:
         ctx.params = params
         ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None (see lif.py)
 
+    @once_differentiable  # first-order only, as the C++ op (lif.py)
     def _backward(ctx, grad_spikes, grad_v_last):
         x2d, v0, decay = ctx.saved_tensors
         grad_spikes = torch.zeros_like(x2d) if grad_spikes is None else grad_spikes.contiguous()

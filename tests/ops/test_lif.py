@@ -386,6 +386,24 @@ def test_eager_autograd_is_one_node(device):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "cpp-op", "triton"])
+def test_second_order_gradient_is_refused_clearly(backend):
+    # The surrogate gradient has no derivative of its own: create_graph works
+    # for the first order, a second order raises (once_differentiable) instead
+    # of torch's deprecated fallback warning and a gradient of nothing.
+    if backend == "triton" and not tcl_fast.ops.lif.backend_available("triton", torch.device("cpu")):
+        pytest.skip("triton backend not available here")
+    x = _inputs((4, 6), "cpu").requires_grad_()
+    if backend == "cpp-op":  # the op through torch.library's autograd
+        decay = torch.tensor(0.5)
+        spikes = torch.ops.tcl_fast.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)[0]
+    else:
+        spikes = tcl_fast.lif_multistep(x, backend=backend)
+    (g,) = torch.autograd.grad((spikes * torch.randn_like(spikes)).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
+        torch.autograd.grad(g.sum(), x)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_without_final_membrane_gradient(device):
     # grad_v_last=None means a zero gradient from the final membrane, without

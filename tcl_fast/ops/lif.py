@@ -89,12 +89,13 @@ if _extension.has_cpp():
         forward+backward (bench_lif.py --op-path --neurons 1 times both, rows
         `cpp`/`cuda` against `cpp-op`/`cuda-op`). Host time is what bounds a
         GPU layer whose kernels take less. torch.compile traces the op
-        instead (``_lif_compiled``).
+        instead (``_lif_op``).
         """
 
-        # The old-style forward(ctx, ...): a separate setup_context costs ~15 us
-        # more per call (torch 2.14). (Neither this nor torch.library's Function
-        # supports torch.func transforms.)
+        # The old-style forward(ctx, ...): with a separate setup_context the
+        # Function took clearly more host time per call (torch 2.14; timed while
+        # writing this, not kept as a benchmark). Neither this nor torch.library's
+        # Function supports torch.func transforms.
         @staticmethod
         def forward(ctx, x, v0, decay, *params):
             with torch._C._AutoDispatchBelowAutograd():
@@ -105,13 +106,13 @@ if _extension.has_cpp():
         backward = staticmethod(_lif_backward)
 
 
-def _lif_compiled(*args):
-    """The C++/CUDA op: through ``_LIFFunction`` in eager mode when a gradient
-    is wanted, straight to the kernel when none is, as the op under compile."""
+def _lif_op(*args):
+    """The C++/CUDA op: the op itself under torch.compile; in eager mode
+    ``_LIFFunction`` when a gradient is wanted, else straight to the kernel."""
     if torch.compiler.is_compiling():
         return torch.ops.tcl_fast.lif_forward(*args)
-    x2d, v0, decay = args[:3]
-    if torch.is_grad_enabled() and (x2d.requires_grad or decay.requires_grad
+    x, v0, decay = args[:3]
+    if torch.is_grad_enabled() and (x.requires_grad or decay.requires_grad
                                     or (v0 is not None and v0.requires_grad)):
         return _LIFFunction.apply(*args)
     with torch._C._AutoDispatchBelowAutograd():
@@ -319,5 +320,5 @@ def lif_multistep(
         spikes, v_last = _lif_triton(x_c.view(T, -1), None if v0_c is None else v0_c.view(-1), k, *params)
         spikes, v_last = spikes.view(x.shape), v_last.view(neuron_shape)
     else:  # the C++/CUDA op takes [T, *neurons] as it is: no view nodes for autograd
-        spikes, v_last = _lif_compiled(x_c, v0_c, k, *params)
+        spikes, v_last = _lif_op(x_c, v0_c, k, *params)
     return (spikes, v_last) if return_v else spikes

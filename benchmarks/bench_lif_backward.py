@@ -14,17 +14,15 @@ Prints a table and writes JSON (default benchmarks/results/lif_backward_cpu.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_lif import device_name, warm_heap  # noqa: E402  (this script's folder is on sys.path)
+from bench_lif import device_name, warm_heap, write_results  # noqa: E402  (this script's folder is on sys.path)
 from tcl_fast import _extension  # noqa: E402
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES  # noqa: E402
 
@@ -77,16 +75,8 @@ def main(argv=None) -> int:
                                                     False, sid, alpha, False, False), args.repeats)
             rows.append(dict(dtype=dname, op="backward", surrogate=sname, ms=ms))
             print(f"{dname:>9} {'backward':>9} {sname:>10} {ms:>8.2f}")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   "lif_backward_cpu.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(benchmark="lif_backward", device=name, torch=torch.__version__, T=args.T,
-                       neurons=args.neurons, warm_heap=heap_warm,
-                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       command=" ".join(["python", "benchmarks/bench_lif_backward.py"] + (argv or sys.argv[1:])),
-                       rows=rows), f, indent=1)
-    print(f"wrote {out}")
+    write_results(args.out, "bench_lif_backward.py", argv, device, name, T=args.T,
+                  neurons=args.neurons, warm_heap=heap_warm, rows=rows)
     return 0
 
 

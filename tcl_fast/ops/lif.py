@@ -98,12 +98,17 @@ if _extension.has_cpp():
         # Function supports torch.func transforms.
         @staticmethod
         def forward(ctx, x, v0, decay, *params):
-            with torch._C._AutoDispatchBelowAutograd():
-                output = torch.ops.tcl_fast.lif_forward.default(x, v0, decay, *params)
+            output = _lif_kernel(x, v0, decay, *params)
             _lif_setup_context(ctx, (x, v0, decay, *params), output)
             return output
 
         backward = staticmethod(_lif_backward)
+
+
+def _lif_kernel(*args):
+    """The op's CPU/CUDA kernel, called below autograd (records no graph)."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.tcl_fast.lif_forward.default(*args)
 
 
 def _lif_op(*args):
@@ -115,8 +120,7 @@ def _lif_op(*args):
     if torch.is_grad_enabled() and (x.requires_grad or decay.requires_grad
                                     or (v0 is not None and v0.requires_grad)):
         return _LIFFunction.apply(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.tcl_fast.lif_forward.default(*args)
+    return _lif_kernel(*args)
 
 
 def _lif_triton(*args):

@@ -104,6 +104,22 @@ inline bool use_wide_groups(int64_t T, int64_t N, int wide) {
   return enough_neurons && (T >= kWideMinSteps || force == "wide");
 }
 
+// Runs f(width, g0, g1) in parallel over the groups of N neurons, width a
+// std::integral_constant: kWide wide groups one per work item when
+// use_wide_groups says so, else kLanes-neuron groups kGroupsPerTask at a time.
+template <int kWide, typename F>
+void parallel_over_groups(int64_t T, int64_t N, F&& f) {
+  if (use_wide_groups(T, N, kWide)) {
+    at::parallel_for(0, (N + kWide - 1) / kWide, 1, [&](int64_t g0, int64_t g1) {
+      f(std::integral_constant<int, kWide>{}, g0, g1);
+    });
+  } else {
+    at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
+      f(std::integral_constant<int, kLanes>{}, g0, g1);
+    });
+  }
+}
+
 // The group loops are compiled three times, for AVX-512, AVX2+FMA and the
 // build's baseline ISA, and cpu_isa() picks one at run time, so a portable
 // build still runs 16- or 8-wide where the CPU allows. The backward is
@@ -258,19 +274,11 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   const S* v0p = optional_data_as<S>(v0);
   S* sp = mutable_data_as<S>(spikes);
   S* vp = mutable_data_as<S>(v_last);
-  constexpr int kWide = kForwardWideLanes;
-  const bool wide = use_wide_groups(T, N, kWide);
   with_cpu_isa([&](auto isa) {
     constexpr CpuIsa I = decltype(isa)::value;
-    if (wide) {
-      at::parallel_for(0, (N + kWide - 1) / kWide, 1, [&](int64_t g0, int64_t g1) {
-        forward_groups<I, kWide, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
-      });
-    } else {
-      at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-        forward_groups<I, kLanes, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
-      });
-    }
+    parallel_over_groups<kForwardWideLanes>(T, N, [&](auto width, int64_t g0, int64_t g1) {
+      forward_groups<I, decltype(width)::value, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+    });
   });
 }
 
@@ -286,23 +294,14 @@ void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
   const S* v0p = optional_data_as<S>(v0);
   S* gxp = mutable_data_as<S>(grad_x);
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
-  constexpr int kWide = kBackwardWideLanes<A>;
-  const bool wide = use_wide_groups(T, N, kWide);
   with_cpu_isa([&](auto isa) {
     with_bool(grad_decay_partial != nullptr, [&](auto dg) {
       constexpr CpuIsa I = decltype(isa)::value;
       constexpr bool DG = decltype(dg)::value;
-      if (wide) {
-        at::parallel_for(0, (N + kWide - 1) / kWide, 1, [&](int64_t g0, int64_t g1) {
-          backward_groups<I, kWide, S, A, SG, DI, HR, SM, DG>(
-              gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
-        });
-      } else {
-        at::parallel_for(0, (N + kLanes - 1) / kLanes, kGroupsPerTask, [&](int64_t g0, int64_t g1) {
-          backward_groups<I, kLanes, S, A, SG, DI, HR, SM, DG>(
-              gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
-        });
-      }
+      parallel_over_groups<kBackwardWideLanes<A>>(T, N, [&](auto width, int64_t g0, int64_t g1) {
+        backward_groups<I, decltype(width)::value, S, A, SG, DI, HR, SM, DG>(
+            gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+      });
     });
   });
 }

@@ -21,6 +21,7 @@
 
 #include <stdint.h>
 
+#include <cmath>
 #include <stdexcept>
 
 #if defined(__CUDACC__)
@@ -60,18 +61,14 @@ TCL_HD float tcl_bits_to_float(int32_t bits) {
   return __builtin_bit_cast(float, bits);
 #endif
 }
-TCL_HD float tcl_fma(float a, float b, float c) {
+// a * b + c with one rounding, float or double: on the GPU CUDA's fma
+// overloads (__fmaf_rn / __fma_rn), on the host the builtins behind std::fma.
+template <typename A>
+TCL_HD A tcl_fma(A a, A b, A c) {
 #if defined(__CUDA_ARCH__)
-  return __fmaf_rn(a, b, c);
+  return fma(a, b, c);
 #else
-  return __builtin_fmaf(a, b, c);
-#endif
-}
-TCL_HD double tcl_fma(double a, double b, double c) {
-#if defined(__CUDA_ARCH__)
-  return __fma_rn(a, b, c);
-#else
-  return __builtin_fma(a, b, c);
+  return std::fma(a, b, c);
 #endif
 }
 

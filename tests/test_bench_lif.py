@@ -12,16 +12,21 @@ from tcl_fast import _extension
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_benchmark(script, *args):
+    """Run benchmarks/<script> with args in a fresh process; it must exit 0."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", script), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 @pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
 def test_bench_lif_tiny_cpu_run(tmp_path):
     out = tmp_path / "lif.json"
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_lif.py"), "--device", "cpu",
-           "--dtypes", "float32", "--neurons", "256", "--T", "4", "--no-compile", "--repeats", "2",
-           "--plif", "--op-path", "--backends", "cpp", "cpp-plif", "cpp-op", "--calls-per-sample", "3",
-           "--input-sets", "2",
-           "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run_benchmark(
+        "bench_lif.py", "--device", "cpu", "--dtypes", "float32", "--neurons", "256", "--T", "4",
+        "--no-compile", "--repeats", "2", "--plif", "--op-path", "--backends", "cpp", "cpp-plif",
+        "cpp-op", "--calls-per-sample", "3", "--input-sets", "2", "--out", out)
     result = json.loads(out.read_text())
     assert result["calls_per_sample"] == 3
     rows = result["rows"]
@@ -37,11 +42,9 @@ def test_bench_lif_tiny_cpu_run(tmp_path):
 @pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
 def test_bench_lif_runs_summarises_fresh_processes(tmp_path):
     out = tmp_path / "runs.json"
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_lif_runs.py"), "--runs", "2",
-           "--out", str(out), "--", "--device", "cpu", "--dtypes", "float32", "--neurons", "256",
-           "--T", "4", "--no-compile", "--repeats", "2", "--backends", "cpp"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_benchmark(
+        "bench_lif_runs.py", "--runs", "2", "--out", out, "--", "--device", "cpu", "--dtypes",
+        "float32", "--neurons", "256", "--T", "4", "--no-compile", "--repeats", "2", "--backends", "cpp")
     result = json.loads(out.read_text())
     assert len(result["rows_per_run"]) == 2
     cpp = [s for s in result["summary"] if s["backend"] == "cpp"]
@@ -55,11 +58,8 @@ def test_bench_lif_runs_summarises_fresh_processes(tmp_path):
 @pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
 def test_profile_lif_splits_kernel_time_from_the_call(tmp_path):
     out = tmp_path / "profile.json"
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "profile_lif.py"), "--device", "cpu",
-           "--T", "3", "--neurons", "4096", "--calls", "2", "--backends", "torch", "cpp",
-           "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_benchmark("profile_lif.py", "--device", "cpu", "--T", "3", "--neurons", "4096",
+                   "--calls", "2", "--backends", "torch", "cpp", "--out", out)
     rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"torch", "cpp"}
     cpp = rows["cpp"]

@@ -284,7 +284,7 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, p
         for name in ("cpp", "cuda"):
             if name in backends:
                 backends[name + "-op"] = lambda x: torch.ops.tcl_fast.lif_forward(
-                    x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)[0]
+                    x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)[0]
     for name, (base, _) in BACKEND_ENV.items():  # the same kernels, other settings
         if base in backends:
             backends[name] = backends[base]

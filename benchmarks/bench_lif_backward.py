@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_lif import device_name, warm_heap, write_results  # noqa: E402  (this script's folder is on sys.path)
 from tcl_fast import _extension  # noqa: E402
-from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES  # noqa: E402
+from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,14 +65,14 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         x = (torch.randn(args.T, args.neurons, generator=g) * 1.5 + 0.4).to(dtype)
         grad_s = torch.randn(args.T, args.neurons, generator=g).to(dtype)
-        ms = median_ms(lambda: ops.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False),
+        ms = median_ms(lambda: ops.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False),
                        args.repeats)
         rows.append(dict(dtype=dname, op="forward", surrogate=None, ms=ms))
         print(f"{dname:>9} {'forward':>9} {'-':>10} {ms:>8.2f}")
         for sid, sname in enumerate(SURROGATES):
-            alpha = DEFAULT_ALPHA[sname]
+            alpha, beta = DEFAULT_ALPHA[sname], DEFAULT_BETA.get(sname, 0.0)
             ms = median_ms(lambda: ops.lif_backward(grad_s, None, x, None, decay, 1.0, 0.0, True, True,
-                                                    False, sid, alpha, False, False), args.repeats)
+                                                    False, sid, alpha, beta, False, False), args.repeats)
             rows.append(dict(dtype=dname, op="backward", surrogate=sname, ms=ms))
             print(f"{dname:>9} {'backward':>9} {sname:>10} {ms:>8.2f}")
     write_results(args.out, "bench_lif_backward.py", argv, device, name, T=args.T,

@@ -58,17 +58,6 @@ inline void check_backward_inputs(const at::Tensor& grad_spikes,
               "tcl_fast::lif_backward: grad_v_last must be a contiguous x.shape[1:] tensor of x's dtype");
 }
 
-template <typename A>
-inline Params<A> make_params(double v_threshold, double v_reset, double alpha, bool detach_reset) {
-  Params<A> p;
-  p.decay = A(0);  // read from the decay tensor by the kernel
-  p.v_threshold = static_cast<A>(v_threshold);
-  p.v_reset = static_cast<A>(v_reset);
-  p.alpha = static_cast<A>(alpha);
-  p.detach_reset = detach_reset;
-  return p;
-}
-
 // Number of chunk-start checkpoints the backward needs (see backward_neurons).
 inline int64_t num_checkpoint_rows(int64_t T) {
   return (T + kTimeChunk - 1) / kTimeChunk - 1;

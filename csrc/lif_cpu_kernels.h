@@ -193,11 +193,11 @@ template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool
 inline __attribute__((always_inline)) void backward_groups_body(
     const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
     A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
-    const Params<A>& p) {
+    const Params<A>& p, SurrogateRowFn<A> sg_row) {
 #define TCL_BACKWARD_GROUP(LANES)                                                                \
   backward_neurons<A, SG, DI, HR, SM, LANES, false, DG, 1, Fused>(                              \
       gsp + n, at_neuron(gvp, n), xp + n, at_neuron(v0p, n), gxp + n, at_neuron(gv0p, n),       \
-      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p)
+      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p, sg_row)
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n = g * W;
     if (n + W <= N) {
@@ -212,7 +212,22 @@ inline __attribute__((always_inline)) void backward_groups_body(
 #undef TCL_BACKWARD_GROUP
 }
 
+// The surrogate gradients of one row (sg[l] = ds/du at h[l]): the only code
+// built once per surrogate; the backward drivers call it through a pointer
+// (SG = kSurrogateByRow, lif_math.h).
+template <typename A, int SG, bool Fused>
+inline __attribute__((always_inline)) void surrogate_row_body(const A* h, A* sg, int n,
+                                                               const Params<A>& p) {
+  TCL_SIMD
+  for (int l = 0; l < n; ++l) sg[l] = surrogate_grad<A, SG, Fused>(h[l], p);
+}
+
 // One wrapper per ISA, each with its own target; the body inlines into it.
+#define TCL_SURROGATE_ROW_FOR(suffix, target, fused)                                            \
+  template <typename A, int SG>                                                                 \
+  target void surrogate_row_##suffix(const A* h, A* sg, int n, const Params<A>& p) {            \
+    surrogate_row_body<A, SG, fused>(h, sg, n, p);                                              \
+  }
 #define TCL_FORWARD_GROUPS_FOR(suffix, target)                                                   \
   template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>                   \
   target void forward_groups_##suffix(const S* xp, const S* v0p, S* sp, S* vp, int64_t T,       \
@@ -223,20 +238,42 @@ inline __attribute__((always_inline)) void backward_groups_body(
   template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>          \
   target void backward_groups_##suffix(const S* gsp, const S* gvp, const S* xp, const S* v0p,   \
                                        S* gxp, S* gv0p, A* partial, A* v_chunk, int64_t T,      \
-                                       int64_t N, int64_t g0, int64_t g1, const Params<A>& p) { \
+                                       int64_t N, int64_t g0, int64_t g1, const Params<A>& p,  \
+                                       SurrogateRowFn<A> sg_row) {                              \
     backward_groups_body<W, S, A, SG, DI, HR, SM, DG, fused>(gsp, gvp, xp, v0p, gxp, gv0p, partial, \
-                                                         v_chunk, T, N, g0, g1, p);             \
+                                                         v_chunk, T, N, g0, g1, p, sg_row);     \
   }
+TCL_SURROGATE_ROW_FOR(baseline, , kBaselineHasFma)
 TCL_FORWARD_GROUPS_FOR(baseline, )
 TCL_BACKWARD_GROUPS_FOR(baseline, , kBaselineHasFma)
 #if TCL_CPU_MULTI_ISA
+TCL_SURROGATE_ROW_FOR(avx2, TCL_TARGET_AVX2, true)
 TCL_FORWARD_GROUPS_FOR(avx2, TCL_TARGET_AVX2)
 TCL_BACKWARD_GROUPS_FOR(avx2, TCL_TARGET_AVX2, true)
+TCL_SURROGATE_ROW_FOR(avx512, TCL_TARGET_AVX512, true)
 TCL_FORWARD_GROUPS_FOR(avx512, TCL_TARGET_AVX512)
 TCL_BACKWARD_GROUPS_FOR(avx512, TCL_TARGET_AVX512, true)
 #endif
+#undef TCL_SURROGATE_ROW_FOR
 #undef TCL_FORWARD_GROUPS_FOR
 #undef TCL_BACKWARD_GROUPS_FOR
+
+// The row function of surrogate `id` built for ISA I; nullptr for an unknown id.
+template <CpuIsa I, typename A>
+SurrogateRowFn<A> surrogate_row_fn(int64_t id) {
+  SurrogateRowFn<A> fn = nullptr;
+  with_surrogate(id, [&](auto sg) {
+    constexpr int SG = decltype(sg)::value;
+#if TCL_CPU_MULTI_ISA
+    if constexpr (I == CpuIsa::kAvx512) fn = &surrogate_row_avx512<A, SG>;
+    else if constexpr (I == CpuIsa::kAvx2Fma) fn = &surrogate_row_avx2<A, SG>;
+    else fn = &surrogate_row_baseline<A, SG>;
+#else
+    fn = &surrogate_row_baseline<A, SG>;
+#endif
+  });
+  return fn;
+}
 
 template <CpuIsa I, int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>
 void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0,
@@ -253,17 +290,26 @@ void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t 
 template <CpuIsa I, int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
 void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
                      A* partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
-                     const Params<A>& p) {
+                     const Params<A>& p, SurrogateRowFn<A> sg_row) {
 #if TCL_CPU_MULTI_ISA
   if constexpr (I == CpuIsa::kAvx512)
     return backward_groups_avx512<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                            v_chunk, T, N, g0, g1, p);
+                                                            v_chunk, T, N, g0, g1, p, sg_row);
   if constexpr (I == CpuIsa::kAvx2Fma)
     return backward_groups_avx2<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                          v_chunk, T, N, g0, g1, p);
+                                                          v_chunk, T, N, g0, g1, p, sg_row);
 #endif
   backward_groups_baseline<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                     v_chunk, T, N, g0, g1, p);
+                                                     v_chunk, T, N, g0, g1, p, sg_row);
+}
+
+// Calls f with std::integral_constant<CpuIsa, ...>: cpu_isa() for the
+// training dtypes; float64 (gradcheck and reference checks) is built for the
+// baseline ISA only, a third of its compile time.
+template <typename S, typename F>
+void with_cpu_isa_for(F&& f) {
+  if constexpr (std::is_same<S, double>::value) f(std::integral_constant<CpuIsa, CpuIsa::kBaseline>{});
+  else with_cpu_isa(f);
 }
 
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
@@ -274,36 +320,51 @@ void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   const S* v0p = optional_data_as<S>(v0);
   S* sp = mutable_data_as<S>(spikes);
   S* vp = mutable_data_as<S>(v_last);
-  with_cpu_isa([&](auto isa) {
+  // Smooth (test) mode: 128-neuron groups only, to build it once.
+  constexpr int kWide = SM ? kLanes : kForwardWideLanes;
+  with_cpu_isa_for<S>([&](auto isa) {
     constexpr CpuIsa I = decltype(isa)::value;
-    parallel_over_groups<kForwardWideLanes>(T, N, [&](auto width, int64_t g0, int64_t g1) {
+    parallel_over_groups<kWide>(T, N, [&](auto width, int64_t g0, int64_t g1) {
       forward_groups<I, decltype(width)::value, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
     });
   });
 }
 
+// SG: a surrogate id (smooth mode), or kSurrogateByRow with the surrogate's id
+// in surrogate_id. Returns false for an unknown surrogate id.
 template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
-void backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+bool backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                         const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
                         S* gv0p /* nullptr without v0 */, A* grad_decay_partial, A* v_chunk,
-                        const Params<A>& p) {
+                        const Params<A>& p, int64_t surrogate_id) {
   const int64_t T = x.size(0), N = num_neurons(x);
   const S* gsp = data_as<S>(grad_spikes);
   const S* gvp = optional_data_as<S>(grad_v_last);
   const S* xp = data_as<S>(x);
   const S* v0p = optional_data_as<S>(v0);
   S* gxp = mutable_data_as<S>(grad_x);
+  constexpr int kWide = SM ? kLanes : kBackwardWideLanes<A>;  // smooth: built once, as forward
+  bool known = true;
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
-  with_cpu_isa([&](auto isa) {
+  with_cpu_isa_for<S>([&](auto isa) {
+    constexpr CpuIsa I = decltype(isa)::value;
+    SurrogateRowFn<A> sg_row = nullptr;
+    if constexpr (SG == kSurrogateByRow) {
+      sg_row = surrogate_row_fn<I, A>(surrogate_id);
+      if (sg_row == nullptr) {
+        known = false;
+        return;
+      }
+    }
     with_bool(grad_decay_partial != nullptr, [&](auto dg) {
-      constexpr CpuIsa I = decltype(isa)::value;
       constexpr bool DG = decltype(dg)::value;
-      parallel_over_groups<kBackwardWideLanes<A>>(T, N, [&](auto width, int64_t g0, int64_t g1) {
+      parallel_over_groups<kWide>(T, N, [&](auto width, int64_t g0, int64_t g1) {
         backward_groups<I, decltype(width)::value, S, A, SG, DI, HR, SM, DG>(
-            gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p);
+            gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p, sg_row);
       });
     });
   });
+  return known;
 }
 
 // Smooth (test) mode is built for float64 only, to keep compile time down.
@@ -312,7 +373,7 @@ constexpr bool smooth_supported() { return std::is_same<S, double>::value; }
 
 // The op's scalar arguments, as the schema passes them.
 struct OpArgs {
-  double v_threshold, v_reset, alpha;
+  double v_threshold, v_reset, alpha, beta;
   bool hard_reset, decay_input, detach_reset, smooth;
   int64_t surrogate;
 };
@@ -324,7 +385,7 @@ void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
                    const at::Tensor& decay, at::Tensor& spikes, at::Tensor& v_last,
                    const OpArgs& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
-  auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.detach_reset);
+  auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
   p.decay = decay.data_ptr<A>()[0];
   with_bool(a.decay_input, [&](auto di) {
     with_bool(a.hard_reset, [&](auto hr) {
@@ -349,28 +410,29 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
                     const at::Tensor& x, const std::optional<at::Tensor>& v0,
                     const at::Tensor& decay, BackwardBuffers& out, const OpArgs& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
-  auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.detach_reset);
+  auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
   p.decay = decay.data_ptr<A>()[0];
   A* partial = out.decay_partial_ptr<A>();
   A* chunk = out.v_chunk_ptr<A>();
   S* grad_v0 = static_cast<S*>(out.grad_v0_ptr());
-  return with_surrogate(a.surrogate, [&](auto sg) {
-    with_bool(a.decay_input, [&](auto di) {
-      with_bool(a.hard_reset, [&](auto hr) {
-        constexpr int SG = decltype(sg)::value;
-        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-        if constexpr (smooth_supported<S>()) {
-          if (a.smooth) {
-            backward_cpu_typed<S, A, SG, DI, HR, true>(grad_spikes, grad_v_last, x, v0, out.grad_x,
-                                                       grad_v0, partial, chunk, p);
-            return;
-          }
+  bool known = true;
+  with_bool(a.decay_input, [&](auto di) {
+    with_bool(a.hard_reset, [&](auto hr) {
+      constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+      if constexpr (smooth_supported<S>()) {
+        if (a.smooth) {  // the surrogate's primitive fires inline: one driver per surrogate
+          known = with_surrogate(a.surrogate, [&](auto sg) {
+            backward_cpu_typed<S, A, decltype(sg)::value, DI, HR, true>(
+                grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0, partial, chunk, p, a.surrogate);
+          });
+          return;
         }
-        backward_cpu_typed<S, A, SG, DI, HR, false>(grad_spikes, grad_v_last, x, v0, out.grad_x,
-                                                    grad_v0, partial, chunk, p);
-      });
+      }
+      known = backward_cpu_typed<S, A, kSurrogateByRow, DI, HR, false>(
+          grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0, partial, chunk, p, a.surrogate);
     });
   });
+  return known;
 }
 
 // Each storage type is compiled in its own lif_cpu_<dtype>.cpp.

@@ -18,6 +18,7 @@ struct LaunchArgs {
   float v_threshold;
   float v_reset;
   float alpha;
+  float beta;
   bool hard_reset;
   bool decay_input;
   bool detach_reset;

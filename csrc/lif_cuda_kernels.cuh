@@ -71,13 +71,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
 }
 
 inline Params<float> params_of(const LaunchArgs& a) {
-  Params<float> p;
-  p.decay = 0.f;  // read from device memory by the kernel (it may be learnable)
-  p.v_threshold = a.v_threshold;
-  p.v_reset = a.v_reset;
-  p.alpha = a.alpha;
-  p.detach_reset = a.detach_reset;
-  return p;
+  return make_params<float>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
 }
 
 // TCL_FAST_CUDA_PACKED=0 forces one neuron per thread (read at every launch):

@@ -13,7 +13,7 @@ namespace {
 
 cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_reset,
                              bool hard_reset, bool decay_input, bool detach_reset,
-                             int64_t surrogate, double alpha) {
+                             int64_t surrogate, double alpha, double beta) {
   cuda::LaunchArgs a;
   switch (x.scalar_type()) {
     case at::kFloat: a.dtype = cuda::DType::kFloat32; break;
@@ -28,6 +28,7 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_r
   a.v_threshold = static_cast<float>(v_threshold);
   a.v_reset = static_cast<float>(v_reset);
   a.alpha = static_cast<float>(alpha);
+  a.beta = static_cast<float>(beta);
   a.hard_reset = hard_reset;
   a.decay_input = decay_input;
   a.detach_reset = detach_reset;
@@ -39,14 +40,14 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_r
 std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
-    double alpha, bool smooth) {
+    double alpha, double beta, bool smooth) {
   check_forward_inputs(x, v0, decay, surrogate, alpha);
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
   const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
-                             surrogate, alpha);
+                             surrogate, alpha, beta);
   const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
                                   spikes.data_ptr(), v_last.data_ptr());
   TORCH_CHECK(err == nullptr, "tcl_fast::lif_forward CUDA launch failed: ", err);
@@ -57,14 +58,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
-    bool smooth, bool need_decay_grad) {
+    double beta, bool smooth, bool need_decay_grad) {
   check_forward_inputs(x, v0, decay, surrogate, alpha);
   check_backward_inputs(grad_spikes, grad_v_last, x);
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
   const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
-                             surrogate, alpha);
+                             surrogate, alpha, beta);
   const char* err = cuda::backward(
       a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
       x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),

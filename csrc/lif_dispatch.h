@@ -27,6 +27,12 @@ inline bool with_surrogate(int64_t id, F&& f) {
     case kATan: f(std::integral_constant<int, kATan>{}); return true;
     case kTriangle: f(std::integral_constant<int, kTriangle>{}); return true;
     case kRectangle: f(std::integral_constant<int, kRectangle>{}); return true;
+    case kSuperSpike: f(std::integral_constant<int, kSuperSpike>{}); return true;
+    case kFastSigmoid: f(std::integral_constant<int, kFastSigmoid>{}); return true;
+    case kErf: f(std::integral_constant<int, kErf>{}); return true;
+    case kSoftSign: f(std::integral_constant<int, kSoftSign>{}); return true;
+    case kPiecewiseLeakyReLU: f(std::integral_constant<int, kPiecewiseLeakyReLU>{}); return true;
+    case kPiecewiseExp: f(std::integral_constant<int, kPiecewiseExp>{}); return true;
     default: return false;
   }
 }

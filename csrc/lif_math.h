@@ -47,9 +47,21 @@
 namespace tcl_fast {
 namespace lif {
 
-// Order fixed: Python passes these ids (tcl_fast/ops/lif.py SURROGATES).
-enum Surrogate : int { kSigmoid = 0, kATan = 1, kTriangle = 2, kRectangle = 3 };
-constexpr int kNumSurrogates = 4;
+// Order fixed: Python passes these ids (tcl_fast/ops/lif_reference.py SURROGATES;
+// a test checks the two lists agree).
+enum Surrogate : int {
+  kSigmoid = 0,
+  kATan = 1,
+  kTriangle = 2,
+  kRectangle = 3,
+  kSuperSpike = 4,
+  kFastSigmoid = 5,
+  kErf = 6,
+  kSoftSign = 7,
+  kPiecewiseLeakyReLU = 8,
+  kPiecewiseExp = 9,
+};
+constexpr int kNumSurrogates = 10;
 
 // exp for float in plain arithmetic (Cody-Waite reduction + Cephes' degree-6
 // polynomial, ~1 ulp) so that the CPU lane loops vectorise without fast-math;
@@ -106,6 +118,8 @@ template <bool Fused = false>
 TCL_HD double tcl_exp(double a) { return exp(a); }
 TCL_HD float tcl_atan(float a) { return atanf(a); }
 TCL_HD double tcl_atan(double a) { return atan(a); }
+TCL_HD float tcl_erf(float a) { return erff(a); }
+TCL_HD double tcl_erf(double a) { return erf(a); }
 template <typename A> TCL_HD A tcl_abs(A a) { return a < A(0) ? -a : a; }
 template <typename A> TCL_HD A tcl_max(A a, A b) { return a > b ? a : b; }
 template <typename A> TCL_HD A tcl_min(A a, A b) { return a < b ? a : b; }
@@ -115,42 +129,61 @@ struct Params {
   A decay;        // k = 1 / tau
   A v_threshold;
   A v_reset;      // 0 for a soft reset
-  A alpha;        // surrogate parameter (alpha, gamma or width)
+  A alpha;        // surrogate parameter (alpha, gamma, width, slope or w)
+  A beta;         // second surrogate parameter (piecewise_leaky_relu's c), else 0
   bool detach_reset;
 };
 
+// The one place a Params is filled from the op's scalars (CPU ops, CUDA
+// launcher, test ops). decay is read from its tensor by each kernel: it may be
+// learnable, and on the GPU it lives in device memory.
+template <typename A>
+TCL_HD Params<A> make_params(double v_threshold, double v_reset, double alpha, double beta,
+                             bool detach_reset) {
+  Params<A> p;
+  p.decay = A(0);
+  p.v_threshold = static_cast<A>(v_threshold);
+  p.v_reset = static_cast<A>(v_reset);
+  p.alpha = static_cast<A>(alpha);
+  p.beta = static_cast<A>(beta);
+  p.detach_reset = detach_reset;
+  return p;
+}
+
 // ---- surrogate gradients ds/du and their primitives G(u) -------------------
+// Each takes u = h - v_threshold and the neuron's Params (alpha, beta).
 template <typename A, int SG> struct SurrogateFn;
 
 template <typename A> struct SurrogateFn<A, kSigmoid> {
   // sigma(alpha u)' = alpha * sigma * (1 - sigma)
   template <bool Fused>
-  static TCL_HD A grad(A u, A alpha) {
-    const A sig = A(1) / (A(1) + tcl_exp<Fused>(-alpha * u));
-    return alpha * sig * (A(1) - sig);
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    const A sig = A(1) / (A(1) + tcl_exp<Fused>(-p.alpha * u));
+    return p.alpha * sig * (A(1) - sig);
   }
-  static TCL_HD A primitive(A u, A alpha) { return A(1) / (A(1) + tcl_exp(-alpha * u)); }
+  static TCL_HD A primitive(A u, const Params<A>& p) { return A(1) / (A(1) + tcl_exp(-p.alpha * u)); }
 };
 
 template <typename A> struct SurrogateFn<A, kATan> {
   // G = atan(pi/2 alpha u) / pi + 1/2,  G' = (alpha/2) / (1 + (pi/2 alpha u)^2)
   template <bool Fused>
-  static TCL_HD A grad(A u, A alpha) {
-    const A z = A(1.5707963267948966) * alpha * u;
-    return (alpha * A(0.5)) / mul_add<Fused>(z, z, A(1));
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    const A z = A(1.5707963267948966) * p.alpha * u;
+    return (p.alpha * A(0.5)) / mul_add<Fused>(z, z, A(1));
   }
-  static TCL_HD A primitive(A u, A alpha) {
-    return tcl_atan(A(1.5707963267948966) * alpha * u) * A(0.3183098861837907) + A(0.5);
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    return tcl_atan(A(1.5707963267948966) * p.alpha * u) * A(0.3183098861837907) + A(0.5);
   }
 };
 
 template <typename A> struct SurrogateFn<A, kTriangle> {
   // TET's triangle, alpha = gamma: (1/gamma^2) * max(0, gamma - |u|)
   template <bool Fused>
-  static TCL_HD A grad(A u, A gamma) {
-    return tcl_max(A(0), gamma - tcl_abs(u)) / (gamma * gamma);
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    return tcl_max(A(0), p.alpha - tcl_abs(u)) / (p.alpha * p.alpha);
   }
-  static TCL_HD A primitive(A u, A gamma) {
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    const A gamma = p.alpha;
     const A c = tcl_min(tcl_max(u, -gamma), gamma);
     const A g2 = A(2) * gamma * gamma;
     return c < A(0) ? (gamma + c) * (gamma + c) / g2 : A(1) - (gamma - c) * (gamma - c) / g2;
@@ -160,13 +193,91 @@ template <typename A> struct SurrogateFn<A, kTriangle> {
 template <typename A> struct SurrogateFn<A, kRectangle> {
   // alpha = width: 1/width inside |u| < width/2, else 0
   template <bool Fused>
-  static TCL_HD A grad(A u, A width) {
-    return tcl_abs(u) < A(0.5) * width ? A(1) / width : A(0);
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    return tcl_abs(u) < A(0.5) * p.alpha ? A(1) / p.alpha : A(0);
   }
-  static TCL_HD A primitive(A u, A width) {
-    return tcl_min(A(1), tcl_max(A(0), u / width + A(0.5)));
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    return tcl_min(A(1), tcl_max(A(0), u / p.alpha + A(0.5)));
   }
 };
+
+template <typename A> struct SurrogateFn<A, kSuperSpike> {
+  // SpikingJelly's SuperSpike: alpha / (1 + |u|)^2;  G = alpha u / (1 + |u|) + 1/2
+  template <bool Fused>
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    const A d = A(1) + tcl_abs(u);
+    return p.alpha / (d * d);
+  }
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    return p.alpha * u / (A(1) + tcl_abs(u)) + A(0.5);
+  }
+};
+
+template <typename A> struct SurrogateFn<A, kFastSigmoid> {
+  // snnTorch's fast_sigmoid, alpha = slope: 1 / (slope |u| + 1)^2;  G = u / (1 + slope |u|) + 1/2
+  template <bool Fused>
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    const A d = mul_add<Fused>(p.alpha, tcl_abs(u), A(1));
+    return A(1) / (d * d);
+  }
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    return u / (A(1) + p.alpha * tcl_abs(u)) + A(0.5);
+  }
+};
+
+template <typename A> struct SurrogateFn<A, kErf> {
+  // alpha / sqrt(pi) * exp(-(alpha u)^2);  G = erf(alpha u) / 2 + 1/2
+  template <bool Fused>
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    const A z = p.alpha * u;
+    return p.alpha * A(0.5641895835477563) * tcl_exp<Fused>(-(z * z));
+  }
+  static TCL_HD A primitive(A u, const Params<A>& p) { return tcl_erf(p.alpha * u) * A(0.5) + A(0.5); }
+};
+
+template <typename A> struct SurrogateFn<A, kSoftSign> {
+  // 1 / (2 alpha (1/alpha + |u|)^2);  G = (alpha u / (1 + alpha |u|)) / 2 + 1/2
+  template <bool Fused>
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    const A d = A(1) / p.alpha + tcl_abs(u);
+    return A(1) / (A(2) * p.alpha * (d * d));
+  }
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    return (p.alpha * u / (A(1) + p.alpha * tcl_abs(u))) * A(0.5) + A(0.5);
+  }
+};
+
+template <typename A> struct SurrogateFn<A, kPiecewiseLeakyReLU> {
+  // alpha = w, beta = c: 1/(2w) inside |u| < w, else c
+  template <bool Fused>
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    return tcl_abs(u) < p.alpha ? A(0.5) / p.alpha : p.beta;
+  }
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    if (tcl_abs(u) < p.alpha) return u / (A(2) * p.alpha) + A(0.5);
+    return u < A(0) ? p.beta * (u + p.alpha) : p.beta * (u - p.alpha) + A(1);
+  }
+};
+
+template <typename A> struct SurrogateFn<A, kPiecewiseExp> {
+  // alpha/2 * exp(-alpha |u|);  G = exp(alpha u)/2 below 0, 1 - exp(-alpha u)/2 above
+  template <bool Fused>
+  static TCL_HD A grad(A u, const Params<A>& p) {
+    return p.alpha * A(0.5) * tcl_exp<Fused>(-p.alpha * tcl_abs(u));
+  }
+  static TCL_HD A primitive(A u, const Params<A>& p) {
+    return u < A(0) ? A(0.5) * tcl_exp(p.alpha * u) : A(1) - A(0.5) * tcl_exp(-p.alpha * u);
+  }
+};
+
+// SG = kSurrogateByRow: the driver is not specialised per surrogate; each row's
+// surrogate gradients come from a SurrogateRowFn (sg[l] = ds/du at h[l]), a
+// small loop compiled per surrogate. The CPU kernels use it so that the large
+// drivers are built once rather than once per surrogate (build time and size);
+// the GPU kernels keep the surrogate inline (registers, no row buffer).
+constexpr int kSurrogateByRow = -1;
+template <typename A>
+using SurrogateRowFn = void (*)(const A* h, A* sg, int n, const Params<A>& p);
 
 // ---- one time step ---------------------------------------------------------
 template <typename A, bool DecayInput>
@@ -177,8 +288,8 @@ TCL_HD A charge(A v, A x, const Params<A>& p) {
 
 template <typename A, int SG, bool Smooth>
 TCL_HD A fire(A h, const Params<A>& p) {
-  if (Smooth) return SurrogateFn<A, SG>::primitive(h - p.v_threshold, p.alpha);
-  return static_cast<A>(h >= p.v_threshold);  // branch-free: the lane loop must vectorise
+  if constexpr (Smooth) return SurrogateFn<A, SG>::primitive(h - p.v_threshold, p);
+  else return static_cast<A>(h >= p.v_threshold);  // branch-free: the lane loop must vectorise
 }
 
 template <typename A, bool HardReset>
@@ -195,18 +306,28 @@ TCL_HD A charge_grad_decay(A v_prev, A x, const Params<A>& p) {
 }
 
 // Backward of one step. Inputs: grad_s (dL/ds[t]), grad_v (dL/dv[t] from the
-// future), h[t] and s[t]. Returns dL/dh[t]; the caller derives
+// future), h[t], s[t] and sg = ds/dh at h[t] (the surrogate). Returns dL/dh[t];
+// the caller derives
 //   dL/dx[t]   = gh * (DecayInput ? k : 1)
 //   dL/dv[t-1] = gh * (1 - k)
 //   dL/dk     += gh * charge_grad_decay(v[t-1], x[t])
-template <typename A, int SG, bool HardReset, bool Fused = true>
-TCL_HD A grad_h(A grad_s, A grad_v, A h, A s, const Params<A>& p) {
-  const A sg = SurrogateFn<A, SG>::template grad<Fused>(h - p.v_threshold, p.alpha);
+template <typename A, bool HardReset, bool Fused = true>
+TCL_HD A grad_h_given_sg(A grad_s, A grad_v, A h, A s, A sg, const Params<A>& p) {
   const A through_reset = p.detach_reset ? A(0) : A(1);
   A dv_dh;
   if (HardReset) dv_dh = mul_add<Fused>(through_reset * (p.v_reset - h), sg, A(1) - s);
   else dv_dh = mul_add<Fused>(-through_reset * p.v_threshold, sg, A(1));
   return mul_add<Fused>(grad_s, sg, grad_v * dv_dh);
+}
+
+template <typename A, int SG, bool Fused = true>
+TCL_HD A surrogate_grad(A h, const Params<A>& p) {
+  return SurrogateFn<A, SG>::template grad<Fused>(h - p.v_threshold, p);
+}
+
+template <typename A, int SG, bool HardReset, bool Fused = true>
+TCL_HD A grad_h(A grad_s, A grad_v, A h, A s, const Params<A>& p) {
+  return grad_h_given_sg<A, HardReset, Fused>(grad_s, grad_v, h, s, surrogate_grad<A, SG, Fused>(h, p), p);
 }
 
 template <typename A, bool DecayInput>
@@ -363,13 +484,18 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
 // and the walk back loads RB rows of grad_spikes before it computes on them,
 // for the same reason as forward's TB. RB must divide kTimeChunk.
 // Fused: the gradient math uses fused multiply-adds (see mul_add).
+// SG = kSurrogateByRow (CPU, not Smooth): sg_row_fn fills each row's surrogate
+// gradients before the row's walk back.
 template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
           bool Packed = false, bool DecayGrad = true, int RB = 1, bool Fused = true, typename S>
 TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                              const S* __restrict__ x, const S* __restrict__ v0,
                              S* __restrict__ grad_x, S* __restrict__ grad_v0,
                              A* __restrict__ grad_decay_partial, A* __restrict__ v_chunk,
-                             int64_t T, int64_t stride, const Params<A>& p) {
+                             int64_t T, int64_t stride, const Params<A>& p,
+                             SurrogateRowFn<A> sg_row_fn = nullptr) {
+  constexpr bool kByRow = SG == kSurrogateByRow;
+  static_assert(!(kByRow && Smooth), "smooth mode needs the surrogate's primitive inline");
   const int64_t num_chunks = (T + kTimeChunk - 1) / kTimeChunk;
   A v[LANES];
   // Pass 1 (only when T spans several chunks): checkpoint the membrane.
@@ -454,12 +580,17 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         if (j < len) {
           const S* __restrict__ gsrow = grad_spikes + (t0 + j) * stride;  // RB == 1 only
           RowOut<S, LANES, Packed> gxt(grad_x + (t0 + j) * stride);
+          A sg_row[kByRow ? LANES : 1];
+          if constexpr (kByRow) sg_row_fn(h[j], sg_row, LANES, p);
           TCL_SIMD
           for (int l = 0; l < LANES; ++l) {
             const A hv = h[j][l];
             const A g = RB > 1 ? gs[i][l] : static_cast<A>(gsrow[l]);
-            const A gh =
-                grad_h<A, SG, HardReset, Fused>(g, gv[l], hv, fire<A, SG, Smooth>(hv, p), p);
+            A sg;
+            if constexpr (kByRow) sg = sg_row[l];
+            else sg = surrogate_grad<A, SG, Fused>(hv, p);
+            const A gh = grad_h_given_sg<A, HardReset, Fused>(g, gv[l], hv,
+                                                              fire<A, SG, Smooth>(hv, p), sg, p);
             gxt.set(l, grad_x_from_h<A, DecayInput>(gh, p));
             if constexpr (DecayGrad) gk[l] = mul_add<Fused>(gh, dh_dk[j][l], gk[l]);
             gv[l] = grad_v_prev_from_h(gh, p);

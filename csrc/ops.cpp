@@ -26,19 +26,20 @@ std::string cpu_isa_name();  // lif_cpu.cpp
 TORCH_LIBRARY(tcl_fast, m) {
   // x: [T, *neurons] contiguous, run as [T, N] (N = the neuron dims' product); v0: x.shape[1:] or
   // None (start at v_reset); v_last: x.shape[1:]; decay: 0-dim (float32, float64 for float64 x)
-  // holding k = 1/tau. surrogate: 0 sigmoid, 1 atan, 2 triangle, 3 rectangle.
+  // holding k = 1/tau. surrogate: an id of csrc/lif_math.h's Surrogate (tcl_fast/ops/lif_reference.py
+  // SURROGATES); alpha and beta its parameters (beta: piecewise_leaky_relu's c, else unused).
   // smooth: test mode firing the surrogate's primitive (see csrc/lif_math.h).
   m.def(
       "lif_forward(Tensor x, Tensor? v0, Tensor decay, float v_threshold, float v_reset, "
       "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
-      "bool smooth) -> (Tensor spikes, Tensor v_last)");
+      "float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
   // grad_v_last None: no gradient flows in from the final membrane. grad_v0 has
   // v0's shape when v0 is given, else is empty ([0]); grad_decay is 0-dim with
   // need_decay_grad, else empty ([0]).
   m.def(
       "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
-      "int surrogate, float alpha, bool smooth, bool need_decay_grad) "
+      "int surrogate, float alpha, float beta, bool smooth, bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
   // Which build of the CPU kernels runs here: avx512, avx2 (with FMA) or
   // baseline, capped by TCL_FAST_CPU_ISA. Benchmarks record it.
@@ -48,10 +49,11 @@ TORCH_LIBRARY(tcl_fast, m) {
   m.def(
       "_lif_forward_gpu_threads(Tensor x, Tensor? v0, Tensor decay, float v_threshold, "
       "float v_reset, bool hard_reset, bool decay_input, bool detach_reset, int surrogate, "
-      "float alpha, bool smooth) -> (Tensor spikes, Tensor v_last)");
+      "float alpha, float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
   m.def(
       "_lif_backward_gpu_threads(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
       "Tensor decay, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
-      "bool detach_reset, int surrogate, float alpha, bool smooth, bool need_decay_grad) "
+      "bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
+      "bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
 }

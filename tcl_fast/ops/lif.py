@@ -23,7 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from tcl_fast import _extension
-from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, SURROGATES, lif_multistep_reference
+from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES, lif_multistep_reference
 
 BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -36,12 +36,12 @@ if _extension.has_cpp():
 
     @torch.library.register_fake("tcl_fast::lif_forward")
     def _lif_forward_fake(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
-                          detach_reset, surrogate, alpha, smooth):
+                          detach_reset, surrogate, alpha, beta, smooth):
         return torch.empty_like(x), x.new_empty(x.shape[1:])
 
     @torch.library.register_fake("tcl_fast::lif_backward")
     def _lif_backward_fake(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
-                           hard_reset, decay_input, detach_reset, surrogate, alpha, smooth,
+                           hard_reset, decay_input, detach_reset, surrogate, alpha, beta, smooth,
                            need_decay_grad):
         grad_v0_shape = x.shape[1:] if v0 is not None else (0,)  # empty without v0
         # x: [T, *neurons]; the per-neuron tensors have the neuron dims' shape.
@@ -74,7 +74,7 @@ if _extension.has_cpp():
         )
         return (grad_x, grad_v0 if v0 is not None else None,
                 grad_decay if ctx.needs_input_grad[2] else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(
         "tcl_fast::lif_forward", _lif_backward, setup_context=_lif_setup_context
@@ -208,6 +208,27 @@ def validate_decay(tau, decay=None):
     return 1.0 / tau
 
 
+def check_surrogate(surrogate: str, alpha: float | None,
+                    beta: float | None = None) -> tuple[float, float]:
+    """Validate a surrogate's name and parameters; return ``(alpha, beta)`` with
+    their defaults filled in (beta is 0 for surrogates without a second one)."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
+    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be positive and finite, got {alpha}")
+    if surrogate in DEFAULT_BETA:
+        beta = DEFAULT_BETA[surrogate] if beta is None else float(beta)
+        if not (beta >= 0 and math.isfinite(beta)):
+            raise ValueError(f"surrogate_beta must be >= 0 and finite, got {beta}")
+    elif beta is not None:
+        raise ValueError(f"surrogate {surrogate!r} takes no surrogate_beta (only "
+                         f"{', '.join(DEFAULT_BETA)} do), got {beta}")
+    else:
+        beta = 0.0
+    return alpha, beta
+
+
 def check_neuron_params(surrogate: str, alpha: float | None, v_threshold: float,
                         v_reset: float | None) -> tuple[float, float, float]:
     """Validate the neuron's firing parameters (shared by ``LIFMultiStep``).
@@ -215,11 +236,7 @@ def check_neuron_params(surrogate: str, alpha: float | None, v_threshold: float,
     Returns ``(alpha, v_threshold, v_r)`` with alpha's default filled in and
     v_r the membrane's rest value (0 for the soft reset, ``v_reset=None``).
     """
-    if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
-    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be positive and finite, got {alpha}")
+    alpha, _ = check_surrogate(surrogate, alpha)
     v_threshold = float(v_threshold)
     hard_reset = v_reset is not None
     v_r = float(v_reset) if hard_reset else 0.0
@@ -266,6 +283,7 @@ def lif_multistep(
     detach_reset: bool = False,
     surrogate: str = "sigmoid",
     alpha: float | None = None,
+    surrogate_beta: float | None = None,
     return_v: bool = False,
     backend: str = "auto",
     _smooth: bool = False,
@@ -275,7 +293,9 @@ def lif_multistep(
     Returns spikes ``[T, *]`` in ``x.dtype``; with ``return_v`` also the final
     membrane ``[*]`` (feed it back as ``v0`` to stream over chunks of time).
     ``tau`` may be a tensor (learnable); ``decay`` (= 1/tau) overrides ``tau``.
-    ``v_reset=None`` selects the soft reset. See README "LIF semantics".
+    ``v_reset=None`` selects the soft reset. ``surrogate_beta`` is the
+    surrogate's second parameter (piecewise_leaky_relu's c, default 0.01).
+    See README "LIF semantics".
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -286,6 +306,7 @@ def lif_multistep(
     if x.shape[0] == 0:
         raise ValueError("x has T = 0 time steps; need T >= 1")
     alpha, v_threshold, v_r = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
+    _, beta = check_surrogate(surrogate, alpha, surrogate_beta)
     hard_reset = v_reset is not None
     k = validate_decay(tau, decay)
     neuron_shape = x.shape[1:]
@@ -305,7 +326,7 @@ def lif_multistep(
     if backend == "torch":
         spikes, v_last = lif_multistep_reference(
             x, v0, k, v_threshold, v_reset if hard_reset else None, decay_input,
-            detach_reset, surrogate, alpha, smooth=_smooth,
+            detach_reset, surrogate, alpha, smooth=_smooth, beta=beta,
         )
         return (spikes, v_last) if return_v else spikes
 
@@ -315,7 +336,7 @@ def lif_multistep(
     else:
         k = _constant_decay(float(k), x.device, acc_dtype)
     params = (v_threshold, v_r, hard_reset, decay_input, detach_reset,
-              SURROGATES.index(surrogate), alpha, _smooth)
+              SURROGATES.index(surrogate), alpha, beta, _smooth)
     # One copy at most (non-contiguous / channels_last); None: start at v_r.
     x_c = x.contiguous()
     v0_c = None if v0 is None else v0.contiguous()

@@ -71,7 +71,7 @@ if _TRITON_IMPORT_ERROR is None:
     # Scalars (v_th, v_r, alpha, k) are already in the accumulation dtype.
 
     @triton.jit
-    def _surrogate_grad(u, alpha, SURROGATE: tl.constexpr):
+    def _surrogate_grad(u, alpha, beta, SURROGATE: tl.constexpr):
         if SURROGATE == 0:  # sigmoid
             sig = 1.0 / (1.0 + tl.exp(-alpha * u))
             g = alpha * sig * (1.0 - sig)
@@ -80,8 +80,24 @@ if _TRITON_IMPORT_ERROR is None:
             g = (alpha * 0.5) / (1.0 + z * z)
         elif SURROGATE == 2:  # triangle, alpha = gamma
             g = tl.maximum(alpha - tl.abs(u), 0.0) / (alpha * alpha)
-        else:  # rectangle, alpha = width
+        elif SURROGATE == 3:  # rectangle, alpha = width
             g = tl.where(tl.abs(u) < 0.5 * alpha, 1.0 / alpha, tl.zeros_like(u))
+        elif SURROGATE == 4:  # super_spike
+            d = 1.0 + tl.abs(u)
+            g = alpha / (d * d)
+        elif SURROGATE == 5:  # fast_sigmoid, alpha = slope
+            d = alpha * tl.abs(u) + 1.0
+            g = 1.0 / (d * d)
+        elif SURROGATE == 6:  # erf
+            z = alpha * u
+            g = alpha * 0.5641895835477563 * tl.exp(-(z * z))
+        elif SURROGATE == 7:  # soft_sign
+            d = 1.0 / alpha + tl.abs(u)
+            g = 1.0 / (2.0 * alpha * (d * d))
+        elif SURROGATE == 8:  # piecewise_leaky_relu, alpha = w, beta = c
+            g = tl.where(tl.abs(u) < alpha, 0.5 / alpha, tl.zeros_like(u) + beta)
+        else:  # piecewise_exp
+            g = alpha * 0.5 * tl.exp(-alpha * tl.abs(u))
         return g
 
     @triton.jit
@@ -113,7 +129,7 @@ if _TRITON_IMPORT_ERROR is None:
         return tl.where(z < 0.0, -res, res)
 
     @triton.jit
-    def _surrogate_primitive(u, alpha, SURROGATE: tl.constexpr):
+    def _surrogate_primitive(u, alpha, beta, SURROGATE: tl.constexpr):
         if SURROGATE == 0:
             p = 1.0 / (1.0 + tl.exp(-alpha * u))
         elif SURROGATE == 1:
@@ -123,8 +139,21 @@ if _TRITON_IMPORT_ERROR is None:
             g2 = 2.0 * alpha * alpha
             p = tl.where(c < 0.0, (alpha + c) * (alpha + c) / g2,
                          1.0 - (alpha - c) * (alpha - c) / g2)
-        else:
+        elif SURROGATE == 3:
             p = tl.minimum(tl.maximum(u / alpha + 0.5, 0.0), 1.0)
+        elif SURROGATE == 4:
+            p = alpha * u / (1.0 + tl.abs(u)) + 0.5
+        elif SURROGATE == 5:
+            p = u / (1.0 + alpha * tl.abs(u)) + 0.5
+        elif SURROGATE == 6:
+            p = tl.erf(alpha * u) * 0.5 + 0.5
+        elif SURROGATE == 7:
+            p = (alpha * u / (1.0 + alpha * tl.abs(u))) * 0.5 + 0.5
+        elif SURROGATE == 8:
+            p = tl.where(tl.abs(u) < alpha, u / (2.0 * alpha) + 0.5,
+                         tl.where(u < 0.0, beta * (u + alpha), beta * (u - alpha) + 1.0))
+        else:
+            p = tl.where(u < 0.0, 0.5 * tl.exp(alpha * u), 1.0 - 0.5 * tl.exp(-alpha * u))
         return p
 
     @triton.jit
@@ -136,9 +165,9 @@ if _TRITON_IMPORT_ERROR is None:
         return h
 
     @triton.jit
-    def _fire(h, v_th, alpha, SURROGATE: tl.constexpr, SMOOTH: tl.constexpr):
+    def _fire(h, v_th, alpha, beta, SURROGATE: tl.constexpr, SMOOTH: tl.constexpr):
         if SMOOTH:
-            s = _surrogate_primitive(h - v_th, alpha, SURROGATE)
+            s = _surrogate_primitive(h - v_th, alpha, beta, SURROGATE)
         else:
             s = (h >= v_th).to(h.dtype)
         return s
@@ -160,9 +189,9 @@ if _TRITON_IMPORT_ERROR is None:
         return v
 
     @triton.jit
-    def _grad_h(grad_s, grad_v, h, s, v_th, v_r, alpha, SURROGATE: tl.constexpr,
+    def _grad_h(grad_s, grad_v, h, s, v_th, v_r, alpha, beta, SURROGATE: tl.constexpr,
                 HARD_RESET: tl.constexpr, DETACH_RESET: tl.constexpr):
-        sg = _surrogate_grad(h - v_th, alpha, SURROGATE)
+        sg = _surrogate_grad(h - v_th, alpha, beta, SURROGATE)
         if HARD_RESET:
             if DETACH_RESET:
                 dv_dh = 1.0 - s
@@ -184,7 +213,7 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _lif_fwd_kernel(
         x_ptr, v0_ptr, decay_ptr, spikes_ptr, v_last_ptr, T, N,
-        v_threshold: tl.float64, v_reset: tl.float64, alpha: tl.float64,
+        v_threshold: tl.float64, v_reset: tl.float64, alpha: tl.float64, beta: tl.float64,
         HAS_V0: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
         SURROGATE: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr,
     ):
@@ -194,6 +223,7 @@ if _TRITON_IMPORT_ERROR is None:
         v_th = tl.full([], v_threshold, k.dtype)
         v_r = tl.full([], v_reset, k.dtype)
         a = tl.full([], alpha, k.dtype)
+        b = tl.full([], beta, k.dtype)
 
         v = _initial_membrane(v0_ptr, offs, mask, v_r, HAS_V0, BLOCK)
         x_ptrs = x_ptr + offs
@@ -201,7 +231,7 @@ if _TRITON_IMPORT_ERROR is None:
         for _ in range(T):
             x = tl.load(x_ptrs, mask=mask, other=0.0).to(k.dtype)
             h = _charge(v, x, k, v_r, DECAY_INPUT)
-            s = _fire(h, v_th, a, SURROGATE, SMOOTH)
+            s = _fire(h, v_th, a, b, SURROGATE, SMOOTH)
             v = _reset(h, s, v_th, v_r, HARD_RESET)
             tl.store(s_ptrs, s.to(spikes_ptr.dtype.element_ty), mask=mask)
             x_ptrs += N
@@ -212,7 +242,7 @@ if _TRITON_IMPORT_ERROR is None:
     def _lif_bwd_kernel(
         grad_spikes_ptr, grad_v_last_ptr, x_ptr, v0_ptr, decay_ptr,
         grad_x_ptr, grad_v0_ptr, grad_decay_ptr, scratch_ptr, T, N,
-        v_threshold: tl.float64, v_reset: tl.float64, alpha: tl.float64,
+        v_threshold: tl.float64, v_reset: tl.float64, alpha: tl.float64, beta: tl.float64,
         HAS_V0: tl.constexpr, HAS_GRAD_V: tl.constexpr, HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
         SURROGATE: tl.constexpr, SMOOTH: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr,
@@ -224,6 +254,7 @@ if _TRITON_IMPORT_ERROR is None:
         v_th = tl.full([], v_threshold, k.dtype)
         v_r = tl.full([], v_reset, k.dtype)
         a = tl.full([], alpha, k.dtype)
+        b = tl.full([], beta, k.dtype)
         if H_IN_GRAD_X:
             h_base = grad_x_ptr
         else:
@@ -237,7 +268,7 @@ if _TRITON_IMPORT_ERROR is None:
         for _ in range(T):
             x = tl.load(x_ptrs, mask=mask, other=0.0).to(k.dtype)
             h = _charge(v, x, k, v_r, DECAY_INPUT)
-            s = _fire(h, v_th, a, SURROGATE, SMOOTH)
+            s = _fire(h, v_th, a, b, SURROGATE, SMOOTH)
             v = _reset(h, s, v_th, v_r, HARD_RESET)
             tl.store(h_ptrs, h.to(h_base.dtype.element_ty), mask=mask)
             x_ptrs += N
@@ -259,11 +290,11 @@ if _TRITON_IMPORT_ERROR is None:
         for i in range(T):
             has_prev = i < T - 1
             h_prev = tl.load(h_ptrs - N, mask=mask & has_prev, other=0.0).to(k.dtype)
-            s = _fire(h, v_th, a, SURROGATE, SMOOTH)
+            s = _fire(h, v_th, a, b, SURROGATE, SMOOTH)
             grad_s = tl.load(gs_ptrs, mask=mask, other=0.0).to(k.dtype)
-            gh = _grad_h(grad_s, grad_v, h, s, v_th, v_r, a, SURROGATE, HARD_RESET, DETACH_RESET)
+            gh = _grad_h(grad_s, grad_v, h, s, v_th, v_r, a, b, SURROGATE, HARD_RESET, DETACH_RESET)
             if NEED_DECAY_GRAD:  # dL/dk += gh * dh/dk, dh/dk needs v[t-1]
-                s_prev = _fire(h_prev, v_th, a, SURROGATE, SMOOTH)
+                s_prev = _fire(h_prev, v_th, a, b, SURROGATE, SMOOTH)
                 v_prev = tl.where(has_prev, _reset(h_prev, s_prev, v_th, v_r, HARD_RESET), v0)
                 if DECAY_INPUT:
                     x = tl.load(x_ptrs, mask=mask, other=0.0).to(k.dtype)
@@ -343,7 +374,7 @@ if _TRITON_IMPORT_ERROR is None:
     def _lif_forward_op(
         x2d: torch.Tensor, v0: torch.Tensor | None, decay: torch.Tensor, v_threshold: float,
         v_reset: float, hard_reset: bool, decay_input: bool, detach_reset: bool,
-        surrogate_id: int, alpha: float, smooth: bool,
+        surrogate_id: int, alpha: float, beta: float, smooth: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         T, N = x2d.shape
         spikes = torch.empty_like(x2d)
@@ -351,7 +382,7 @@ if _TRITON_IMPORT_ERROR is None:
         if N > 0:
             _wrap(_lif_fwd)[_grid](
                 x2d, x2d if v0 is None else v0, decay, spikes, v_last, T, N,
-                v_threshold, v_reset, alpha, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
+                v_threshold, v_reset, alpha, beta, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
                 DECAY_INPUT=decay_input, SURROGATE=surrogate_id,
                 SMOOTH=smooth, enable_fp_fusion=False, **_LAUNCH_META,
             )
@@ -362,7 +393,7 @@ if _TRITON_IMPORT_ERROR is None:
         grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None, x2d: torch.Tensor,
         v0: torch.Tensor | None, decay: torch.Tensor, v_threshold: float, v_reset: float,
         hard_reset: bool, decay_input: bool, detach_reset: bool, surrogate_id: int,
-        alpha: float, smooth: bool, need_decay_grad: bool,
+        alpha: float, beta: float, smooth: bool, need_decay_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         T, N = x2d.shape
         grad_x = torch.empty_like(x2d)
@@ -381,7 +412,7 @@ if _TRITON_IMPORT_ERROR is None:
                 grad_spikes, x2d if grad_v_last is None else grad_v_last, x2d,
                 x2d if v0 is None else v0, decay, grad_x,
                 grad_v0, grad_decay_parts, scratch, T, N, v_threshold,
-                v_reset, alpha, HAS_V0=v0 is not None, HAS_GRAD_V=grad_v_last is not None,
+                v_reset, alpha, beta, HAS_V0=v0 is not None, HAS_GRAD_V=grad_v_last is not None,
                 HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
                 DETACH_RESET=detach_reset, SURROGATE=surrogate_id, SMOOTH=smooth,
                 NEED_DECAY_GRAD=need_decay_grad,
@@ -412,14 +443,14 @@ if _TRITON_IMPORT_ERROR is None:
             grad_spikes, grad_v_last, x2d, v0, decay, *ctx.params, need_decay_grad)
         return (grad_x, None if v0 is None else grad_v0,
                 grad_decay if need_decay_grad else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(
         "tcl_fast::lif_forward_triton", _backward, setup_context=_setup_context)
 
 
 def lif_forward_triton(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
-                       detach_reset, surrogate_id, alpha, smooth):
+                       detach_reset, surrogate_id, alpha, beta, smooth):
     """LIF over ``x2d: [T, N]`` with Triton; returns ``(spikes [T, N], v_last [N])``.
 
     Arguments are already validated by ``tcl_fast.ops.lif.lif_multistep``:
@@ -436,4 +467,5 @@ def lif_forward_triton(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_i
             "tensors set TRITON_INTERPRET=1 before tcl_fast.ops.lif_triton is imported")
     return torch.ops.tcl_fast.lif_forward_triton(
         x2d, v0, decay, float(v_threshold), float(v_reset), bool(hard_reset),
-        bool(decay_input), bool(detach_reset), int(surrogate_id), float(alpha), bool(smooth))
+        bool(decay_input), bool(detach_reset), int(surrogate_id), float(alpha), float(beta),
+        bool(smooth))

@@ -283,7 +283,11 @@ def test_gradcheck_smooth_mode(surrogate, reset, decay_input):
     v0 = (0.2 * torch.randn(5, generator=g, dtype=torch.float64)).requires_grad_()
     decay = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
     kw = dict(v_reset=RESETS[reset], decay_input=decay_input, surrogate=surrogate,
-              alpha={"sigmoid": 2.0, "atan": 1.0, "triangle": 1.5, "rectangle": 2.0}[surrogate])
+              alpha={"sigmoid": 2.0, "atan": 1.0, "triangle": 1.5, "rectangle": 2.0, "super_spike": 1.0,
+                     "fast_sigmoid": 2.0, "erf": 1.0, "soft_sign": 2.0, "piecewise_leaky_relu": 2.0,
+                     "piecewise_exp": 1.5}[surrogate])
+    if surrogate == "piecewise_leaky_relu":
+        kw["surrogate_beta"] = 0.05
 
     def fused(x, v0, decay):
         return tcl_fast.lif_multistep(x, v0, decay=decay, return_v=True, backend="cpp",
@@ -301,7 +305,7 @@ def _op_args(device, T=5, N=9, dtype=torch.float32, v0=True, requires_grad=True)
     x = _inputs((T, N), device, dtype).requires_grad_(requires_grad)
     v = (0.1 * torch.randn(N, device=device, dtype=dtype)).requires_grad_(requires_grad) if v0 else None
     decay = torch.tensor(0.5, device=device, dtype=torch.float32, requires_grad=requires_grad)
-    return (x, v, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)
+    return (x, v, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -331,7 +335,7 @@ def test_opcheck_neuron_dims(device, with_v0):
     x = _inputs((5, 3, 1, 7), device).requires_grad_()
     v0 = (0.1 * torch.randn(3, 1, 7, device=device)).requires_grad_() if with_v0 else None
     decay = torch.tensor(0.5, device=device, requires_grad=True)
-    params = (1.0, 0.0, True, True, False, 0, 4.0, False)
+    params = (1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)
     torch.library.opcheck(torch.ops.tcl_fast.lif_forward.default, (x, v0, decay, *params))
     args = (torch.randn_like(x), torch.randn_like(x[0]), x.detach(),
             None if v0 is None else v0.detach(), decay.detach(), *params, True)
@@ -345,7 +349,7 @@ def test_neuron_dims_run_as_one_flat_row(device):
     x = _inputs((6, 2, 3, 4), device)
     v0 = 0.2 * torch.randn(2, 3, 4, device=device)
     decay = torch.tensor(0.5, device=device)
-    params = (1.0, 0.0, True, True, False, 1, 2.0, False)
+    params = (1.0, 0.0, True, True, False, 1, 2.0, 0.0, False)
     spikes, v_last = ops.lif_forward(x, v0, decay, *params)
     flat_s, flat_v = ops.lif_forward(x.view(6, -1), v0.view(-1), decay, *params)
     assert spikes.shape == x.shape and v_last.shape == (2, 3, 4)
@@ -378,7 +382,7 @@ def test_eager_autograd_is_one_node(device):
     gs, gv = torch.randn_like(spikes), torch.randn_like(v_last)
     got = torch.autograd.grad([spikes, v_last], [x, v0, tau], [gs, gv])
     decay = 1.0 / tau
-    s_op, v_op = torch.ops.tcl_fast.lif_forward(x, v0, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)
+    s_op, v_op = torch.ops.tcl_fast.lif_forward(x, v0, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)
     assert "GeneratedBackwardFor_tcl_fast_lif_forward" in type(s_op.grad_fn).__name__
     want = torch.autograd.grad([s_op, v_op], [x, v0, tau], [gs, gv])
     assert torch.equal(spikes, s_op) and torch.equal(v_last, v_op)
@@ -396,7 +400,7 @@ def test_second_order_gradient_is_refused_clearly(backend):
     x = _inputs((4, 6), "cpu").requires_grad_()
     if backend == "cpp-op":  # the op through torch.library's autograd
         decay = torch.tensor(0.5)
-        spikes = torch.ops.tcl_fast.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, False)[0]
+        spikes = torch.ops.tcl_fast.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)[0]
     else:
         spikes = tcl_fast.lif_multistep(x, backend=backend)
     (g,) = torch.autograd.grad((spikes * torch.randn_like(spikes)).sum(), x, create_graph=True)
@@ -532,7 +536,7 @@ def test_torch_compile_fullgraph(compiler):
     (lambda: tcl_fast.LIFMultiStep(tau=0.5), ValueError, "tau must be >= 1"),
     (lambda: tcl_fast.LIFMultiStep(tau=1.0, learnable_tau=True), ValueError, "learnable_tau needs tau > 1"),
     (lambda: tcl_fast.LIFMultiStep(v_threshold=0.0), ValueError, "v_threshold"),
-    (lambda: tcl_fast.LIFMultiStep(surrogate="erf"), ValueError, "unknown surrogate"),
+    (lambda: tcl_fast.LIFMultiStep(surrogate="gaussian"), ValueError, "unknown surrogate"),
     (lambda: tcl_fast.LIFMultiStep(backend="fast"), ValueError, "backend must be one of"),
 ])
 def test_bad_input_raises(call, error, match):
@@ -572,7 +576,7 @@ def test_cpu_16bit_conversions_every_value(dtype, decay):
     bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
     x = bits.view(dtype).reshape(1, -1)
     _, v_last = torch.ops.tcl_fast.lif_forward(
-        x, None, torch.tensor(decay), 1e38, 0.0, False, True, False, 0, 4.0, False)
+        x, None, torch.tensor(decay), 1e38, 0.0, False, True, False, 0, 4.0, 0.0, False)
     want = (x[0].float() * torch.tensor(decay, dtype=torch.float32)).to(dtype)
     got_f, want_f = v_last.float(), want.float()
     nan = want_f.isnan()

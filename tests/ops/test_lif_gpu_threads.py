@@ -15,18 +15,20 @@ import pytest
 import torch
 
 from tcl_fast import _extension
-from tcl_fast.ops.lif_reference import SURROGATES
+from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES
 
 pytestmark = pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
 
 SURROGATE_IDS = {name: i for i, name in enumerate(SURROGATES)}
-ALPHA = {"sigmoid": 4.0, "atan": 2.0, "triangle": 1.0, "rectangle": 1.0}
+# The test op is built for these two (csrc/lif_gpu_threads_cpu.cpp): the thread
+# mapping is the same for every surrogate, whose math test_lif.py checks.
+THREAD_SURROGATES = ("sigmoid", "piecewise_leaky_relu")
 
 
 def _args(surrogate, decay_input, hard_reset, detach_reset):
     v_reset = -0.25 if hard_reset else 0.0
     return (1.0, v_reset, hard_reset, decay_input, detach_reset, SURROGATE_IDS[surrogate],
-            ALPHA[surrogate], False)
+            DEFAULT_ALPHA[surrogate], DEFAULT_BETA.get(surrogate, 0.0), False)
 
 
 def _both(x, v0, decay, args, need_decay_grad, seed=1, with_grad_v=True):
@@ -45,7 +47,7 @@ def _both(x, v0, decay, args, need_decay_grad, seed=1, with_grad_v=True):
 
 
 @pytest.mark.parametrize("surrogate,decay_input,hard_reset,detach_reset",
-                         list(itertools.product(SURROGATES, [True, False], [True, False], [False, True])))
+                         list(itertools.product(THREAD_SURROGATES, [True, False], [True, False], [False, True])))
 def test_gpu_thread_mapping_matches_cpu_kernel(surrogate, decay_input, hard_reset, detach_reset):
     args = _args(surrogate, decay_input, hard_reset, detach_reset)
     decay = torch.tensor(1 / 2.5)
@@ -83,7 +85,7 @@ def test_misaligned_rows_fall_back_to_one_neuron_per_thread():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("surrogate", THREAD_SURROGATES)
 def test_gpu_thread_mapping_16bit(dtype, surrogate):
     # 16-bit rows: 8 neurons per thread forward (16 bytes), 4 backward; N = 36
     # packs backward only, N = 37 packs neither. The math is the CPU kernel's,
@@ -115,7 +117,7 @@ def test_backward_lanes_cap_from_env(monkeypatch, lanes):
     # TCL_FAST_CUDA_BWD_LANES narrows the backward's packed width (bench_lif.py
     # times the widths side by side); every width must compute the same result.
     monkeypatch.setenv("TCL_FAST_CUDA_BWD_LANES", lanes)
-    args = _args("atan", True, False, False)
+    args = _args("piecewise_leaky_relu", True, False, False)
     decay = torch.tensor(0.4)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(21, 64, generator=g) * 1.5 + 0.4
@@ -123,3 +125,12 @@ def test_backward_lanes_cap_from_env(monkeypatch, lanes):
     got, want = _both(x, v0, decay, args, False)
     for a, b in zip(got[:4], want[:4]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_gpu_thread_ops_refuse_surrogates_they_are_not_built_for():
+    x = torch.randn(3, 4)
+    decay = torch.tensor(0.5)
+    args = _args("atan", True, True, False)
+    spikes, _ = torch.ops.tcl_fast._lif_forward_gpu_threads(x, None, decay, *args)
+    with pytest.raises(RuntimeError, match="sigmoid and piecewise_leaky_relu only"):
+        torch.ops.tcl_fast._lif_backward_gpu_threads(torch.ones_like(x), None, x, None, decay, *args, False)

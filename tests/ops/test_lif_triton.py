@@ -111,7 +111,7 @@ def test_op_without_v0_equals_v0_filled_with_v_reset(v_reset):
     for v0 in (None, torch.full((40,), v_r, device=DEVICE)):
         xi, decay = x.clone().requires_grad_(), _decay().requires_grad_()
         spikes, v_last = lif_forward_triton(xi, v0, decay, 1.0, v_r, v_reset is not None,
-                                            True, False, 1, 2.0, False)
+                                            True, False, 1, 2.0, 0.0, False)
         ((spikes * w_s.float()).sum() + (v_last * w_v.float()).sum()).backward()
         outs.append((spikes, v_last, xi.grad, decay.grad))
     for a, b in zip(*outs):
@@ -214,7 +214,7 @@ def test_smooth_mode_gradcheck(surrogate, v_reset):
 def test_opcheck():
     x, v0, w_s, w_v = _inputs((3, 8), seed=8)
     decay = _decay().requires_grad_()
-    params = (1.0, 0.0, True, True, False, 0, 4.0, False)
+    params = (1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)
     torch.library.opcheck(torch.ops.tcl_fast.lif_forward_triton.default,
                           (x.requires_grad_(), v0.requires_grad_(), decay, *params))
     torch.library.opcheck(torch.ops.tcl_fast.lif_backward_triton.default,

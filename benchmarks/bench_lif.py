@@ -14,25 +14,23 @@ grad_x) as a fraction of a plain tensor copy measured in the same run. On
 CUDA each function cycles through enough input sets to span 4x the L2 cache
 (--input-sets), and each timed sample is 10 back-to-back calls
 (--calls-per-sample).
-Results: a table on stdout and JSON under benchmarks/results/.
+Results: a table on stdout, and JSON in benchmarks/results/local/ (git-ignored)
+unless --out names the file.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import itertools
-import json
 import os
-import platform
 import random
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common  # first: puts this checkout's tcl_fast on the path
 import tcl_fast  # noqa: E402
 from tcl_fast import _extension  # noqa: E402
 from tcl_fast.ops.lif import backend_available  # noqa: E402
@@ -74,35 +72,19 @@ def default_input_sets(device: torch.device, x_bytes: int) -> int:
 
 
 def write_results(out: str | None, script: str, argv, device: torch.device, name: str, **fields) -> str:
-    """Write a benchmark's JSON (default benchmarks/results/<script>_<device>.json,
-    e.g. lif_cpu.json for bench_lif.py) with the device, torch, date and the
-    command that made it; returns the path."""
+    """Write a benchmark's JSON (``--out``, else ``<script>_<device>.json``, e.g.
+    lif_cpu.json for bench_lif.py, where ``_common.output_path`` puts it) with
+    the device, torch, date and the command that made it; returns the path."""
     stem = os.path.splitext(script)[0].removeprefix("bench_")
-    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                              f"{stem}_{device.type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(benchmark=stem, device=name, device_type=device.type, torch=torch.__version__,
-                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       command=" ".join(["python", f"benchmarks/{script}"]
-                                        + list(sys.argv[1:] if argv is None else argv)),
-                       **fields), f, indent=1)
-    print(f"wrote {out}")
-    return out
+    return _common.write_json(out, f"{stem}_{device.type}.json", dict(
+        benchmark=stem, device=name, device_type=device.type, torch=torch.__version__,
+        date=_common.utc_now(), command=_common.command_line(script, argv), **fields))
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = _common.cpu_model()
     # Which build of the C++ kernels runs (avx512, avx2 or baseline; TCL_FAST_CPU_ISA caps it).
     isa = f", {torch.ops.tcl_fast._cpu_isa()} kernels" if _extension.has_cpp() else ""
     return f"{model} ({torch.get_num_threads()} threads{isa})"
@@ -318,7 +300,7 @@ def main(argv=None) -> int:
                     help="time only these (names as in the table; torch always runs)")
     ap.add_argument("--cold-heap", action="store_true",
                     help="CPU: leave glibc's allocator at its defaults (large tensors freshly mapped, page faults)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/lif_<device>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/local/lif_<device>.json)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)

@@ -9,19 +9,18 @@ Calls torch.ops.tcl_fast.lif_forward / lif_backward directly (no autograd),
 median of repeated calls after a warm-up. Freed outputs stay in the heap (the
 warm state a training loop sees; bench_lif.warm_heap), else each fresh 32 MiB
 output pays its page faults on this kind of VM; --cold-heap turns that off.
-Prints a table and writes JSON (default benchmarks/results/lif_backward_cpu.json).
+Prints a table and writes JSON (default benchmarks/results/local/lif_backward_cpu.json).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common  # noqa: F401  (first: puts this checkout's tcl_fast on the path)
 from bench_lif import device_name, warm_heap, write_results  # noqa: E402  (this script's folder is on sys.path)
 from tcl_fast import _extension  # noqa: E402
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES  # noqa: E402

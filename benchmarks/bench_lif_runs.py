@@ -8,7 +8,7 @@ EPYC VM: a 32 MiB clone takes 0.9 ms in some processes and 1.5 ms in others),
 so one run's "% copy" is one sample. This prints, per (dtype, T, neurons,
 backend), the min / median / max over the runs of each measured quantity, and
 writes every run's rows plus the summary to JSON (default
-benchmarks/results/lif_runs_<device>.json).
+benchmarks/results/local/lif_runs_<device>.json).
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import _common
+
+HERE = _common.HERE
 KEYS = ("forward_ms", "forward_backward_ms", "copy_bandwidth_gbs",
         "forward_fraction_of_copy", "forward_backward_fraction_of_copy")
 
@@ -69,14 +70,9 @@ def main(argv=None) -> int:
               f"{100 * frac[0]:>4.0f}% {100 * frac[1]:>4.0f}% {100 * frac[2]:>4.0f}%   "
               f"{bw[0]:>5.1f} {bw[1]:>5.1f} {bw[2]:>5.1f}")
 
-    out = args.out or os.path.join(HERE, "results", f"lif_runs_{device_type}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(benchmark="lif_runs", device=device, runs=args.runs,
-                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       command=" ".join(["python", "benchmarks/bench_lif_runs.py", *argv]),
-                       summary=summary, rows_per_run=runs), f, indent=1)
-    print(f"wrote {out}")
+    _common.write_json(args.out, f"lif_runs_{device_type}.json", dict(
+        benchmark="lif_runs", device=device, runs=args.runs, date=_common.utc_now(),
+        command=_common.command_line("bench_lif_runs.py", argv), summary=summary, rows_per_run=runs))
     return 0
 
 

@@ -42,7 +42,6 @@ run; their memory appears in the table as an estimate, marked ``~``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -51,8 +50,7 @@ import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+import _common
 
 FULL_SIZES = {"cpu": [512, 1024, 2048, 4096, 8192, 16384],
               "cuda": [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]}
@@ -85,7 +83,6 @@ def _reset_peak_rss() -> None:
 def run_case(case: dict) -> dict:
     import torch
 
-    sys.path.insert(0, REPO_ROOT)
     from tcl_fast.ops.supcon import resolve_supcon_backend, supcon_loss
     from tcl_fast.ops.supcon_reference import supcon_loss_reference
 
@@ -217,16 +214,7 @@ def _device_info(device: str) -> dict:
         info["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
         info["tf32_matmul"] = None  # filled in from --tf32 by main()
     else:
-        model = platform.processor() or "unknown CPU"
-        try:
-            with open("/proc/cpuinfo") as cpuinfo:
-                for line in cpuinfo:
-                    if line.startswith("model name"):
-                        model = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        info["device_name"] = f"{model}, {os.cpu_count()} logical cores"
+        info["device_name"] = f"{_common.cpu_model()}, {os.cpu_count()} logical cores"
         info["torch_threads"] = torch.get_num_threads()
         with open("/proc/loadavg") as loadavg:
             info["load_average_at_start"] = loadavg.read().split()[:3]
@@ -282,7 +270,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 for float32 matmuls (yardstick and fused alike)")
     parser.add_argument("--case-timeout", type=float, default=900.0)
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/supcon_<device>.json)")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/local/supcon_<device>.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -353,13 +341,10 @@ def main(argv=None) -> int:
     for line in targets["lines"]:
         print(line)
 
-    out = args.out or os.path.join(RESULTS_DIR, f"supcon_{device}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as handle:
-        json.dump({
+    _common.write_json(args.out, f"supcon_{device}.json", {
             "benchmark": "supcon",
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": _common.command_line("bench_supcon.py", argv),
+            "date_utc": _common.utc_now(),
             "env": info,
             "settings": {"sizes": sizes, "dims": dims, "dtypes": args.dtypes, "modes": args.modes,
                          "temperature": TEMPERATURE, "num_classes": NUM_CLASSES,
@@ -370,8 +355,7 @@ def main(argv=None) -> int:
                                    "MALLOC_MMAP_THRESHOLD_=131072"),
             "results": rows,
             "targets": targets["checks"],
-        }, handle, indent=1)
-    print(f"wrote {os.path.relpath(out, os.getcwd())}")
+        })
     return 0
 
 

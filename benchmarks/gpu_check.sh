@@ -2,7 +2,7 @@
 # All GPU verification in one command, for a machine with a CUDA GPU and no
 # network, whose Python already has torch (+ triton):
 #
-#   bash benchmarks/gpu_check.sh [OUTDIR]       # default benchmarks/results/gpu
+#   bash benchmarks/gpu_check.sh [OUTDIR]       # default benchmarks/results/local/gpu (git-ignored)
 #   STAGES="tests" bash benchmarks/gpu_check.sh OUT1        # split over two calls,
 #   STAGES="lif supcon" bash benchmarks/gpu_check.sh OUT2   # e.g. 10-minute limits
 #   FULL=1 ...        the benchmarks' full default sweeps
@@ -23,7 +23,7 @@
 # (SpikingJelly's own shape, 64x65536, in full).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-benchmarks/results/gpu}"
+OUT="${1:-benchmarks/results/local/gpu}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu_check.log"

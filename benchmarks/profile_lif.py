@@ -15,8 +15,8 @@ of each backend under torch.profiler and splits them into
 Kernel bandwidth counts the bytes a fused forward+backward must move (5·T·N
 elements: read x, write spikes; read x and grad_spikes, write grad_x) over
 the summed kernel time, as a fraction of the bandwidth the copy kernel of
-``x.clone()`` reaches in the same run. Table on stdout, JSON under
-benchmarks/results/ (profile_lif_<device>.json).
+``x.clone()`` reaches in the same run. Table on stdout, JSON in
+benchmarks/results/local/profile_lif_<device>.json unless --out names the file.
 
 It is a GPU diagnostic (benchmarks/gpu_check.sh runs it). On the 2-core CPU
 VM its numbers swing several-fold from run to run under the profiler; there,
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
 
@@ -35,8 +34,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common  # noqa: F401  (first: puts this checkout's tcl_fast on the path)
 from bench_lif import (  # noqa: E402
     DTYPES, default_input_sets, device_name, make_backends, warm_heap, write_results)
 

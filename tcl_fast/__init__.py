@@ -1,11 +1,40 @@
-"""tcl_fast: fused spiking-neuron kernels and temporal contrastive learning for SNNs."""
-from tcl_fast.losses import STCLLoss, SupConLoss, TCLLoss, stcl_loss, tcl_loss
-from tcl_fast.nn import LIFMultiStep
-from tcl_fast.ops import lif_multistep, lif_multistep_reference, supcon_loss, supcon_loss_reference
+"""tcl_fast: fused spiking-neuron kernels and temporal contrastive learning for SNNs.
+
+The public names are imported on first use (PEP 562), so ``import tcl_fast``
+and the ``tcl-fast`` command's ``--help`` don't pay for importing torch.
+Touching any of them (or importing ``tcl_fast.ops``) loads the kernels and
+registers the ``torch.ops.tcl_fast`` ops.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "LIFMultiStep", "lif_multistep", "lif_multistep_reference",
-    "supcon_loss", "supcon_loss_reference", "tcl_loss", "stcl_loss",
-    "SupConLoss", "TCLLoss", "STCLLoss",
-]
+
+# public name -> the module that defines it
+_LAZY = {
+    "LIFMultiStep": "tcl_fast.nn",
+    "lif_multistep": "tcl_fast.ops",
+    "lif_multistep_reference": "tcl_fast.ops",
+    "supcon_loss": "tcl_fast.ops",
+    "supcon_loss_reference": "tcl_fast.ops",
+    "tcl_loss": "tcl_fast.losses",
+    "stcl_loss": "tcl_fast.losses",
+    "SupConLoss": "tcl_fast.losses",
+    "TCLLoss": "tcl_fast.losses",
+    "STCLLoss": "tcl_fast.losses",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tcl_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

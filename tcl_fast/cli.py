@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="folder for eval_T<T>.json/.png (default: next to the checkpoint)")
     c = sub.add_parser("compare", help="one table and plot of accuracy vs T' across runs")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("--out", default="comparison.png", help="plot path (default comparison.png)")
+    c.add_argument("--out", default=None,
+                   help="plot path (default comparison.png beside the first run folder)")
     c.add_argument("--json", dest="json_out", default=None, help="also write the table as JSON here")
     return parser
 

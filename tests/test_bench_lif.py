@@ -68,3 +68,27 @@ def test_profile_lif_splits_kernel_time_from_the_call(tmp_path):
     assert cpp["kernel_us"] > 0 and cpp["wall_us"] > 0 and cpp["copy_kernel_us"] > 0
     assert rows["torch"]["kernels_us"] == {}  # many small ops: no kernel time claimed
     assert rows["torch"]["kernel_us"] is None and "NaN" not in out.read_text()
+
+
+def _benchmarks_common():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_common", os.path.join(ROOT, "benchmarks", "_common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_write_outside_committed_results_unless_told():
+    common = _benchmarks_common()
+    default = common.output_path(None, "lif_cpu.json")
+    assert os.path.dirname(default) == os.path.join(ROOT, "benchmarks", "results", "local")
+    assert common.output_path("x/y.json", "lif_cpu.json") == "x/y.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", default], cwd=ROOT)
+    if ignored.returncode in (0, 1):  # 128: not a git checkout
+        assert ignored.returncode == 0, "benchmarks/results/local/ must be git-ignored"
+    # No script picks its own default path any more: they all go through _common.
+    for script in ("bench_lif.py", "bench_lif_backward.py", "bench_lif_runs.py", "bench_supcon.py",
+                   "profile_lif.py"):
+        text = open(os.path.join(ROOT, "benchmarks", script)).read()
+        assert "import _common" in text and "sys.path.insert" not in text, script

@@ -1,4 +1,4 @@
-"""The README's input-validation table, checked row by row.
+"""The input-validation table of docs/validation.md, checked row by row.
 
 Each row of the table between the validation-table markers must have a case
 below (and each case a row), so the documentation and the code can't drift:
@@ -21,14 +21,14 @@ from tcl_fast.distributed import gather_for_contrast
 from tcl_fast.models import build_model
 from tcl_fast.objectives import build_objective
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
 START, END = "<!-- validation-table:start -->", "<!-- validation-table:end -->"
 LONG = dict(dtype=torch.long)
 
 
 def _table() -> list[tuple[str, str, str]]:
-    text = README.read_text()
-    assert START in text and END in text, "README lost its validation-table markers"
+    text = TABLE.read_text()
+    assert START in text and END in text, "docs/validation.md lost its validation-table markers"
     body = text[text.index(START) + len(START):text.index(END)]
     rows = []
     for line in body.splitlines():
@@ -154,10 +154,10 @@ def _names(message: str, arg: str) -> bool:
 
 def test_every_row_has_a_case_and_every_case_a_row():
     keys = {(f, r) for f, r, _ in ROWS}
-    assert len(keys) == len(ROWS), "duplicate rows in the README validation table"
+    assert len(keys) == len(ROWS), "duplicate rows in the validation table (docs/validation.md)"
     cases = set(FUNCTION_CASES) | set(CLI_CASES)
-    assert keys - cases == set(), f"README rows without a test case: {sorted(keys - cases)}"
-    assert cases - keys == set(), f"test cases without a README row: {sorted(cases - keys)}"
+    assert keys - cases == set(), f"docs/validation.md rows without a test case: {sorted(keys - cases)}"
+    assert cases - keys == set(), f"test cases without a row in docs/validation.md: {sorted(cases - keys)}"
     assert len(ROWS) >= 40
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "none")
@@ -71,6 +71,12 @@ class TrainConfig:
         if self.out:
             return self.out
         return os.path.join("runs", f"{self.dataset}_{self.model}_{self.loss}_T{self.T}_seed{self.seed}")
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the defaults that depend on other options (lr, weight_decay,
+        out) filled in: the values the run actually uses, as config.json records them."""
+        return replace(self, lr=self.resolved_lr(), weight_decay=self.resolved_weight_decay(),
+                       out=self.resolved_out())
 
     def to_dict(self) -> dict:
         return asdict(self)

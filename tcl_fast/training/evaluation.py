@@ -80,8 +80,12 @@ def latency_rows(result: dict) -> dict[int, float]:
 
 def plot_latency(curves: Iterable[tuple[str, dict[int, float]]], path: str,
                  title: str = "accuracy vs inference time steps",
-                 errors: dict[str, dict[int, float]] | None = None) -> str:
-    """Accuracy vs T' for one or more runs, saved as a PNG (Agg backend, no display)."""
+                 errors: dict[str, dict[int, float]] | None = None, chance: float | None = None) -> str:
+    """Accuracy vs T' for one or more runs, saved as a PNG (Agg backend, no display).
+
+    The y-axis runs from chance level (``chance``, in %, drawn as a dashed line)
+    or else 0, up to 100, so that a one-point difference looks like one point.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,14 +93,20 @@ def plot_latency(curves: Iterable[tuple[str, dict[int, float]]], path: str,
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     all_ts: set[int] = set()
+    lowest: list[float] = []
     for name, accs in curves:
         all_ts.update(accs)
+        lowest.extend(accs.values())
         ts = sorted(accs)
         ys = [accs[t] for t in ts]
         if errors and name in errors:
             ax.errorbar(ts, ys, yerr=[errors[name].get(t, 0.0) for t in ts], marker="o", capsize=3, label=name)
         else:
             ax.plot(ts, ys, marker="o", label=name)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:g} %)")
+    floor = min(chance if chance is not None else 0.0, *lowest)  # a run below chance stays in view
+    ax.set_ylim(max(0.0, floor - 3.0), 100.5)  # a little room so points on the bounds show
     ax.set_xticks(sorted(all_ts))  # T' is an integer
     ax.set_xlabel("inference time steps T'")
     ax.set_ylabel("test accuracy (%)")

@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
     checkpoint.pt (every epoch, atomically), latency.json and latency.png.
     Under torchrun (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes files.
     """
-    cfg.validate()
+    cfg = cfg.validate().resolved()  # config.json records the lr and folder actually used
     state = None
     if resume is not None:
         try:
@@ -417,13 +417,16 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
 
     # The last epoch's evaluation is already the final model's table.
     latency = ev if epoch > start_epoch else evaluate()
-    latency.update({"label": cfg.label(), "config": cfg.to_dict(), "epochs_done": epoch})
+    latency.update({"label": cfg.label(), "config": cfg.to_dict(), "epochs_done": epoch,
+                    "chance_accuracy": 100.0 / bundle.num_classes})
     if main:
         write_json(latency, os.path.join(out, LATENCY_JSON))
         curve = latency_rows(latency)
         plot_latency([(cfg.label(), curve)], os.path.join(out, LATENCY_PNG),
-                     title=f"{cfg.dataset} / {cfg.model} / {cfg.loss}")
+                     title=f"{cfg.dataset} / {cfg.model} / {cfg.loss}", chance=latency["chance_accuracy"])
         print(format_table([(cfg.label(), curve)], cfg.T))
+        print(f"wrote {out}{os.sep}: {CONFIG_NAME}, {LOG_NAME}, {CSV_NAME}, {CHECKPOINT_NAME}, "
+              f"{LATENCY_JSON}, {LATENCY_PNG}")
     ctx.barrier()
     return RunResult(out, epoch, history, latency, False)
 
@@ -462,12 +465,14 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
     result = evaluate_latency(model, loader, T, dev, _amp_dtype(cfg.amp))
     label = TrainConfig.from_dict(state["config"]).label()
     result.update({"label": label, "checkpoint": path, "epoch": int(state["epoch"]),
-                   "config": state["config"]})
+                   "config": state["config"], "chance_accuracy": 100.0 / bundle.num_classes})
     out = out or os.path.dirname(path)
     os.makedirs(out, exist_ok=True)
-    write_json(result, os.path.join(out, f"eval_T{T}.json"))
-    plot_latency([(label, latency_rows(result))], os.path.join(out, f"eval_T{T}.png"))
+    json_path, png_path = os.path.join(out, f"eval_T{T}.json"), os.path.join(out, f"eval_T{T}.png")
+    write_json(result, json_path)
+    plot_latency([(label, latency_rows(result))], png_path, chance=result["chance_accuracy"])
     print(format_table([(label, latency_rows(result))], T))
+    print(f"wrote {json_path}, {png_path}")
     return result
 
 
@@ -487,7 +492,14 @@ def load_run(run_dir: str) -> tuple[str, dict]:
     return label, result
 
 
-def compare_runs(run_dirs: list[str], *, out: str = "comparison.png", json_out: str | None = None) -> str:
+def default_comparison_path(run_dirs: list[str]) -> str:
+    """Where ``compare`` puts its plot without ``--out``: beside the first run folder
+    (``runs/ce runs/tcl`` -> ``runs/comparison.png``), not in the current directory."""
+    first = os.path.normpath(run_dirs[0] if os.path.isdir(run_dirs[0]) else os.path.dirname(run_dirs[0]) or ".")
+    return os.path.join(os.path.dirname(os.path.abspath(first) if first in (".", "..") else first), "comparison.png")
+
+
+def compare_runs(run_dirs: list[str], *, out: str | None = None, json_out: str | None = None) -> str:
     """One table and one plot of accuracy vs T' across finished runs."""
     if not run_dirs:
         raise UserError("compare needs at least one run folder")
@@ -504,9 +516,13 @@ def compare_runs(run_dirs: list[str], *, out: str = "comparison.png", json_out: 
     T = max(max(r) for _, r in rows)
     table = format_table(rows, T)
     print(table)
-    plot_latency(rows, out)
+    out = out or default_comparison_path(run_dirs)
+    chances = [r["chance_accuracy"] for _, _, r in loaded if "chance_accuracy" in r]
+    plot_latency(rows, out, chance=min(chances) if len(chances) == len(loaded) else None)
+    written = [out]
     if json_out:
         write_json({label: {str(t): a for t, a in r.items()} for label, r in rows}, json_out)
-    print(f"plot: {out}", file=sys.stderr)
+        written.append(json_out)
+    print(f"wrote {', '.join(written)}")
     return table
 

@@ -1,11 +1,13 @@
 """tcl_fast: fused spiking-neuron kernels and temporal contrastive learning for SNNs."""
 from tcl_fast.losses import STCLLoss, SupConLoss, TCLLoss, stcl_loss, tcl_loss
-from tcl_fast.nn import LIFMultiStep
+from tcl_fast.convert import ConversionError, convert_spikingjelly
+from tcl_fast.nn import IFNode, LIFMultiStep, LIFNode, ParametricLIFNode
 from tcl_fast.ops import lif_multistep, lif_multistep_reference, supcon_loss, supcon_loss_reference
 
 __version__ = "0.1.0"
 __all__ = [
-    "LIFMultiStep", "lif_multistep", "lif_multistep_reference",
+    "LIFMultiStep", "LIFNode", "ParametricLIFNode", "IFNode",
+    "convert_spikingjelly", "ConversionError", "lif_multistep", "lif_multistep_reference",
     "supcon_loss", "supcon_loss_reference", "tcl_loss", "stcl_loss",
     "SupConLoss", "TCLLoss", "STCLLoss",
 ]

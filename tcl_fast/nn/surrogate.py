@@ -65,7 +65,7 @@ def from_spikingjelly(obj) -> tuple[str, float, float | None]:
     """``(kernel name, alpha, beta)`` of a SpikingJelly surrogate object, or raise."""
     cls = type(obj)
     if cls.__module__ != _SJ_MODULE or cls.__name__ not in _FROM_SJ:
-        if is_spikingjelly_surrogate(obj):  # a user subclass may change the gradient
+        if cls.__module__ != _SJ_MODULE and is_spikingjelly_surrogate(obj):  # may change the gradient
             raise UnsupportedSurrogateError(
                 f"surrogate {cls.__module__}.{cls.__qualname__} subclasses a SpikingJelly surrogate; "
                 f"only the classes themselves map exactly onto a kernel: {', '.join(_FROM_SJ)}"

@@ -14,6 +14,11 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _LAZY = {
     "LIFMultiStep": "tcl_fast.nn",
+    "LIFNode": "tcl_fast.nn",
+    "ParametricLIFNode": "tcl_fast.nn",
+    "IFNode": "tcl_fast.nn",
+    "convert_spikingjelly": "tcl_fast.convert",
+    "ConversionError": "tcl_fast.convert",
     "lif_multistep": "tcl_fast.ops",
     "lif_multistep_reference": "tcl_fast.ops",
     "supcon_loss": "tcl_fast.ops",

@@ -1,3 +1,4 @@
 from tcl_fast.nn.lif import LIFMultiStep
+from tcl_fast.nn.neurons import BaseNode, IFNode, LIFNode, ParametricLIFNode
 
-__all__ = ["LIFMultiStep"]
+__all__ = ["LIFMultiStep", "BaseNode", "LIFNode", "ParametricLIFNode", "IFNode"]

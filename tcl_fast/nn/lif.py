@@ -40,6 +40,29 @@ class LIFMultiStep(nn.Module):
         if learnable_tau:
             self.w = nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
 
+    # SpikingJelly's module protocol (found by its functional.set_step_mode,
+    # reset_net and detach_net through hasattr): multi-step only, no state.
+    def supported_step_mode(self) -> tuple[str, ...]:
+        return ("m",)
+
+    @property
+    def step_mode(self) -> str:
+        return "m"
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        if value != "m":
+            raise ValueError(
+                f"LIFMultiStep runs multi-step only (x: [T, B, ...]), got step_mode={value!r}; "
+                "use tcl_fast.nn.LIFNode, which has SpikingJelly's single-step mode 's'"
+            )
+
+    def reset(self) -> None:
+        """Nothing to reset: each call starts at rest (pass ``v0`` to carry state)."""
+
+    def detach(self) -> None:
+        """Nothing to detach: the module keeps no state between calls."""
+
     def decay(self) -> float | torch.Tensor:
         """k = 1/tau (a tensor carrying gradient when tau is learnable)."""
         return torch.sigmoid(self.w) if self.learnable_tau else 1.0 / self.tau

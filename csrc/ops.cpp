@@ -41,6 +41,11 @@ TORCH_LIBRARY(tcl_fast, m) {
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
       "int surrogate, float alpha, float beta, bool smooth, bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+  // Spikes as bits (csrc/spike_pack.cpp; tcl_fast/pack.py): x holds 0/1 in float16/bfloat16/
+  // float32/float64, read flat in memory order; bits: uint8 [ceil(numel/8)], element i is bit
+  // i % 8 (LSB first) of byte i / 8. unpack_spikes returns a flat [numel] tensor of 0/1 in dtype.
+  m.def("pack_spikes(Tensor x) -> Tensor");
+  m.def("unpack_spikes(Tensor bits, int numel, ScalarType dtype) -> Tensor");
   // Which build of the CPU kernels runs here: avx512, avx2 (with FMA) or
   // baseline, capped by TCL_FAST_CPU_ISA. Benchmarks record it.
   m.def("_cpu_isa() -> str", &tcl_fast::lif::cpu::cpu_isa_name);

@@ -64,6 +64,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                                     "or this rank's batch only (local); default global")
     a("--sync-bn", dest="sync_bn", action="store_true", default=S,
       help="under torchrun on CUDA: synchronise BatchNorm statistics across ranks")
+    a("--no-pack-spikes", dest="pack_spikes", action="store_false", default=S,
+      help="store spikes saved for backward as full tensors (default: as bits, exact; docs/memory.md)")
+    a("--fuse-bn", dest="fuse_bn", action="store_true", default=S,
+      help="run each BN that feeds a LIF inside it: less memory, a recompute in backward (docs/memory.md)")
     a("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=S,
       help="skip steps whose loss is NaN/inf (counted in the log) instead of stopping")
     p.add_argument("--resume", default=None, metavar="PATH_OR_OUTDIR", help="continue a run from its checkpoint")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tcl_fast.nn import LIFMultiStep
+from tcl_fast.nn.bnlif import bn_lif
 
 
 class SNNOutput(NamedTuple):
@@ -31,6 +32,64 @@ class SeqToANN(nn.Module):
         T, B = x.shape[:2]
         y = self.module(x.flatten(0, 1))
         return y.reshape(T, B, *y.shape[1:])
+
+
+def split_bn(seq: SeqToANN) -> tuple[nn.Module, nn.modules.batchnorm._BatchNorm] | None:
+    """(layers before the BN, the BN) when ``seq`` ends in a BatchNorm, else None."""
+    mods = seq.module
+    if isinstance(mods, nn.Sequential) and len(mods) >= 2 and isinstance(mods[-1], nn.modules.batchnorm._BatchNorm):
+        return mods[:-1], mods[-1]
+    return None
+
+
+def _pre_bn(seq: SeqToANN, x: torch.Tensor):
+    before, bn = split_bn(seq)
+    T, B = x.shape[:2]
+    y = before(x.flatten(0, 1))
+    return y.reshape(T, B, *y.shape[1:]), bn
+
+
+def seq_bn_lif(seq: SeqToANN, lif: LIFMultiStep, x: torch.Tensor, residual: torch.Tensor | None = None,
+               shortcut: SeqToANN | None = None, shortcut_x: torch.Tensor | None = None) -> torch.Tensor:
+    """``lif(seq(x) [+ shortcut(shortcut_x)] [+ residual])`` with the BN at the end of
+    ``seq`` (and of ``shortcut``) run inside the LIF (``tcl_fast.nn.bnlif``): the
+    BN inputs are the only full tensors kept for backward."""
+    y, bn = _pre_bn(seq, x)
+    sc = _pre_bn(shortcut, shortcut_x) if shortcut is not None else None
+    return bn_lif(y, bn, lif, residual, shortcut=sc)
+
+
+class FusableSequential(nn.Sequential):
+    """``nn.Sequential`` (same state dict) that, with ``fuse_bn`` set, runs each
+    ``SeqToANN(..., BatchNorm)`` followed by a ``LIFMultiStep`` as one
+    ``bn_lif`` call, so the BN output is not kept for backward."""
+
+    fuse_bn = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fuse_bn:
+            return super().forward(x)
+        mods = list(self)
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            if (i + 1 < len(mods) and isinstance(m, SeqToANN) and isinstance(mods[i + 1], LIFMultiStep)
+                    and split_bn(m) is not None):
+                x = seq_bn_lif(m, mods[i + 1], x)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
+        return x
+
+
+def set_bn_fusion(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn BN-into-LIF fusion on or off in every block of a tcl_fast model that
+    supports it (parameters and state dict unchanged). Returns the model."""
+    for m in model.modules():
+        if hasattr(type(m), "fuse_bn"):
+            m.fuse_bn = bool(enabled)
+    return model
 
 
 def make_lif(lif_backend: str, lif_kwargs: dict) -> LIFMultiStep:

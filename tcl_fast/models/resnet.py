@@ -4,11 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tcl_fast.models.layers import ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif
+from tcl_fast.models.layers import (FusableSequential, ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif,
+                                    seq_bn_lif)
 
 
 class BasicBlock(nn.Module):
-    """conv-BN-LIF-conv-BN, add the shortcut, then LIF (spikes in, spikes out)."""
+    """conv-BN-LIF-conv-BN, add the shortcut, then LIF (spikes in, spikes out).
+
+    With ``fuse_bn`` both BNs run inside their LIF (tcl_fast.nn.bnlif), the
+    second with the shortcut added (a projection shortcut's BN inside it too):
+    only the conv outputs are kept.
+    """
+
+    fuse_bn = False
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, lif_backend: str, lif_kwargs: dict):
         super().__init__()
@@ -20,6 +28,11 @@ class BasicBlock(nn.Module):
         self.lif2 = make_lif(lif_backend, lif_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fuse_bn:
+            s = seq_bn_lif(self.conv1, self.lif1, x)
+            if isinstance(self.shortcut, SeqToANN):  # projection: its BN runs inside lif2 too
+                return seq_bn_lif(self.conv2, self.lif2, s, shortcut=self.shortcut, shortcut_x=x)
+            return seq_bn_lif(self.conv2, self.lif2, s, residual=self.shortcut(x))
         out = self.conv2(self.lif1(self.conv1(x)))
         return self.lif2(out + self.shortcut(x))
 
@@ -37,7 +50,7 @@ class SpikingResNet(SpikingNet):
                 layers.append(BasicBlock(ch, width, stride if i == 0 else 1, lif_backend, lif_kwargs))
                 ch = width
         layers.append(SeqToANN(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-        self.body = nn.Sequential(*layers)
+        self.body = FusableSequential(*layers)
         self.feature_dim = ch
         if fc_hidden:  # ResNet-19: FC 256 + LIF before the class layer
             self.classifier = nn.Sequential(

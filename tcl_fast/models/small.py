@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tcl_fast.models.layers import ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif
+from tcl_fast.models.layers import FusableSequential, ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif
 
 
 class SmallSNN(SpikingNet):
@@ -14,7 +14,7 @@ class SmallSNN(SpikingNet):
         super().__init__()
         w = width
         self.stem = SeqToANN(*conv_bn(in_channels, w))
-        self.body = nn.Sequential(
+        self.body = FusableSequential(
             make_lif(lif_backend, lif_kwargs),
             SeqToANN(*conv_bn(w, 2 * w)),
             make_lif(lif_backend, lif_kwargs),

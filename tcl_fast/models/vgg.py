@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tcl_fast.models.layers import ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif
+from tcl_fast.models.layers import FusableSequential, ProjectionHead, SeqToANN, SpikingNet, conv_bn, make_lif
 
 _CFG = [64, 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"]
 
@@ -28,7 +28,7 @@ class VGGSNN(SpikingNet):
                 layers += [SeqToANN(*conv_bn(ch, c)), make_lif(lif_backend, lif_kwargs)]
                 ch = c
         layers.append(SeqToANN(nn.AdaptiveAvgPool2d(final_hw), nn.Flatten()))
-        self.body = nn.Sequential(*layers)
+        self.body = FusableSequential(*layers)
         self.feature_dim = ch * final_hw * final_hw
         self.classifier = SeqToANN(nn.Linear(self.feature_dim, num_classes))
         self.head = ProjectionHead(self.feature_dim, proj_dim, hidden=512)

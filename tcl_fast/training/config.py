@@ -59,6 +59,8 @@ class TrainConfig:
     progress: bool = True
     contrast: str = "global"  # torchrun: contrast against every rank's samples (global) or only local ones
     sync_bn: bool = False  # torchrun on CUDA: SyncBatchNorm
+    pack_spikes: bool = True  # keep spikes saved for backward as bits (exact; tcl_fast.pack_spikes)
+    fuse_bn: bool = False  # BN inside the LIF: less memory, one BN+LIF recompute in backward
     skip_nonfinite: bool = False  # skip (and count) steps whose loss is NaN/inf instead of stopping
 
     def resolved_lr(self) -> float:

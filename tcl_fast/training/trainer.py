@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+import tcl_fast
 from tcl_fast.models import SNNOutput, build_model
 from tcl_fast.objectives import Objective, build_objective
 from tcl_fast.training.checkpoint import (CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint, rng_state,
@@ -76,7 +77,7 @@ def build_data(cfg: TrainConfig, *, augment: bool | None = None):
 def build_for_config(cfg: TrainConfig, num_classes: int, in_channels: int) -> torch.nn.Module:
     try:
         return build_model(cfg.model, num_classes, in_channels, proj_dim=cfg.proj_dim,
-                           lif_backend=cfg.backend)
+                           lif_backend=cfg.backend, fuse_bn=cfg.fuse_bn)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -353,7 +354,8 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
             t0 = time.perf_counter()
             for i, (x, y) in enumerate(bar):
                 x, y = _to_device(x, device), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), \
+                        tcl_fast.pack_spikes(cfg.pack_spikes):
                     loss, parts, logits = _forward(net, objective, x, y, cfg.T)
                 # Every rank must take the same decision, or DDP's collectives would hang.
                 finite = torch.isfinite(loss.detach()).to(torch.int32)
@@ -399,7 +401,10 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
             row.update({f"train_{k}": v / n for k, v in sums.items() if k != "loss"})
             row.update({"test_loss": ev["loss"], "test_acc": ev["accuracy"][str(cfg.T)],
                         "skipped_steps": totals["skipped"] // ctx.world_size,  # ranks skip together "train_time_s": train_time,
-                        "samples_per_s": totals["seen"] / max(train_time, 1e-9)})
+                        "samples_per_s": totals["seen"] / max(train_time, 1e-9),
+                        # images through the network per second (two views: two per sample), the
+                        # quantity bench_train_step.py reports as images_per_s
+                        "images_per_s": totals["seen"] * (2 if objective.two_views else 1) / max(train_time, 1e-9)})
             history.append(row)
             snapshot(epoch)
             if main:
@@ -407,6 +412,7 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
             if progress:
                 _say(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.2f}%"
                      f"  test acc {row['test_acc']:.2f}%  {row['samples_per_s']:.0f} samples/s"
+                     f"  {row['images_per_s']:.0f} images/s"
                      + (f"  skipped {skipped} non-finite steps" if skipped else ""))
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0

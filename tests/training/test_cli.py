@@ -15,7 +15,7 @@ from tcl_fast.training import trainer
 from tcl_fast.training.checkpoint import load_checkpoint, save_checkpoint
 
 QUICK = ["--limit-batches", "3", "--batch-size", "16", "--no-progress", "--backend", "torch"]
-TIMING = {"train_time_s", "samples_per_s"}
+TIMING = {"train_time_s", "samples_per_s", "images_per_s"}
 
 
 def _history(out):
@@ -37,7 +37,7 @@ def run1(tmp_path_factory):
 def test_train_writes_log_csv_checkpoint_table_and_plot(run1, capsys):
     rows = _history(run1)
     assert [r["epoch"] for r in rows] == [1]
-    assert {"train_loss", "train_acc", "train_ce", "train_tcl", "test_acc", "lr", "samples_per_s"} <= set(rows[0])
+    assert {"train_loss", "train_acc", "train_ce", "train_tcl", "test_acc", "lr", "samples_per_s", "images_per_s"} <= set(rows[0])
     with open(os.path.join(run1, "metrics.csv")) as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == 1 and float(csv_rows[0]["test_acc"]) == pytest.approx(rows[0]["test_acc"])

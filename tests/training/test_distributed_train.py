@@ -55,7 +55,7 @@ def tcl_run(tmp_path_factory):
 
 
 def _rows(out):
-    timing = {"train_time_s", "samples_per_s"}
+    timing = {"train_time_s", "samples_per_s", "images_per_s"}
     return [{k: v for k, v in json.loads(line).items() if k not in timing}
             for line in (out / "log.jsonl").read_text().splitlines()]
 

@@ -19,7 +19,7 @@ from tcl_fast.training.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--limit-batches", "3", "--batch-size", "16", "--no-progress", "--backend", "cpp"]
-TIMING = {"train_time_s", "samples_per_s"}
+TIMING = {"train_time_s", "samples_per_s", "images_per_s"}
 
 
 def _history(out):

@@ -1,0 +1,351 @@
+"""Whole training step: activation memory held for backward, step time, largest batch.
+
+Models: tcl_fast.models ResNet-19 (CIFAR, 3x32x32, static image repeated over
+T) and VGGSNN (DVS, 2x48x48 frames per step), each as
+
+* ``sj[impl]``   the same architecture with SpikingJelly's multi-step LIFNode
+                 (impl: torch on CPU; on CUDA the one SpikingJelly picks per process,
+                 set by env SJ_LIF_CUDA_IMPLEMENTATION=cuda|triton|torch)
+* ``plain``      tcl_fast as it is
+* ``pack``       under ``tcl_fast.pack_spikes()``
+* ``pack+fuse``  ``pack_spikes`` and BN fused into LIF (``set_bn_fusion``)
+
+and SpikingJelly's zoo ``spiking_resnet18`` (LIFNode, multi-step), original
+(``sj-zoo``) and, when ``tcl_fast.convert_spikingjelly`` exists, converted
+(``zoo-tcl``) and converted under ``pack_spikes`` (``zoo-tcl+pack``).
+
+Per row:
+* ``saved_bytes``: the bytes of every tensor autograd holds for backward after
+  one forward at ``--batch``, each storage once, parameters left out
+  (tcl_fast.SavedTensorCounter; packed spikes count as their bits). Exact, the
+  same on every run. On CUDA also ``max_allocated_bytes`` of a whole step.
+* ``step_ms``: median over ``--repeats`` of forward + backward + SGD step at
+  ``--time-batch`` (after one warm-up step), and ``images_per_s``.
+* ``neuron_share``: for rows whose neurons can be swapped, 1 - the step time
+  with every neuron replaced by identity (same run, same inputs) / step_ms.
+* ``max_batch`` (CUDA only, ``--budget-gib``): the largest batch (doubling,
+  then bisection) whose step peaks under the budget.
+
+CPU timings on a shared machine are noisy: medians, and say so. Results: a
+table on stdout, JSON to --out (default benchmarks/results/train_step_<device>.json,
+which is not overwritten without --force).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tcl_fast  # noqa: E402
+from tcl_fast.models import build_model, set_bn_fusion  # noqa: E402
+from tcl_fast.nn import LIFMultiStep  # noqa: E402
+
+MODELS = {  # name: (input shape per sample, static image?, num_classes)
+    "resnet19": ((3, 32, 32), True, 10),
+    "vggsnn": ((2, 48, 48), False, 10),
+    "sj_resnet18": ((3, 32, 32), True, 10),
+}
+CONFIGS = ("sj", "plain", "pack", "pack+fuse")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+# ------------------------------------------------------------- SpikingJelly ----
+def _sj():
+    try:
+        from spikingjelly.activation_based import functional, neuron, surrogate
+        return functional, neuron, surrogate
+    except ImportError:
+        return None
+
+
+class SJLIF(nn.Module):
+    """SpikingJelly's multi-step LIFNode with LIFMultiStep's defaults (tau 2, hard reset 0, sigmoid 4)."""
+
+    def __init__(self):
+        super().__init__()
+        _, neuron, surrogate = _sj()
+        self.node = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(alpha=4.0),
+                                   detach_reset=False, step_mode="m")
+
+    def forward(self, x):
+        self.node.reset()
+        return self.node(x)
+
+
+def swap_neurons(model: nn.Module, make) -> nn.Module:
+    """Replace every LIFMultiStep / SpikingJelly BaseNode (in place) with make()."""
+    sj = _sj()
+    kinds = (LIFMultiStep,) + ((sj[1].BaseNode,) if sj else ())
+    for name, child in list(model.named_children()):
+        if isinstance(child, kinds) or isinstance(child, SJLIF):
+            setattr(model, name, make())
+        else:
+            swap_neurons(child, make)
+    return model
+
+
+def sj_impl(device) -> str:
+    """SpikingJelly 2.x picks its LIF implementation once per process (on CUDA: env
+    SJ_LIF_CUDA_IMPLEMENTATION, native cuda / triton / torch); rows name it."""
+    if device.type != "cuda":
+        return "torch"
+    return os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION", "default")
+
+
+def sj_zoo_resnet18(num_classes):
+    functional, neuron, surrogate = _sj()
+    from spikingjelly.activation_based.model import spiking_resnet
+    net = spiking_resnet.spiking_resnet18(spiking_neuron=neuron.LIFNode, num_classes=num_classes,
+                                          surrogate_function=surrogate.Sigmoid(), detach_reset=False)
+    functional.set_step_mode(net, "m")
+    return net
+
+
+# ------------------------------------------------------------------- steps ----
+class Runner:
+    """One model variant: how to run a forward and turn it into a loss."""
+
+    def __init__(self, model, pack, static, T, zoo=False):
+        self.model, self.pack, self.static, self.T, self.zoo = model, pack, static, T, zoo
+
+    def forward(self, x):
+        sj = _sj()
+        if sj is not None:
+            sj[0].reset_net(self.model)
+        with tcl_fast.pack_spikes(self.pack):
+            if self.zoo:
+                xs = x.unsqueeze(0).expand(self.T, *x.shape) if self.static else x
+                return self.model(xs).mean(0)
+            out = self.model(x, T=self.T if self.static else None)
+            return out.logits.mean(0) + 0 * out.features.sum()
+
+    def loss(self, x, y):
+        return nn.functional.cross_entropy(self.forward(x), y)
+
+
+def make_input(name, batch, T, device, seed=0):
+    shape, static, ncls = MODELS[name]
+    g = torch.Generator().manual_seed(seed)
+    if static:
+        x = torch.randn(batch, *shape, generator=g)
+    else:
+        x = (torch.rand(T, batch, *shape, generator=g) < 0.2).float()
+    y = torch.randint(0, ncls, (batch,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def saved_bytes(runner, x, y):
+    params = list(runner.model.parameters())
+    with tcl_fast.SavedTensorCounter(exclude=params) as c:
+        loss = runner.loss(x, y)
+    del loss
+    return c.nbytes
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_times(runner, x, y, repeats, device):
+    opt = torch.optim.SGD(runner.model.parameters(), lr=1e-3, momentum=0.9)
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        runner.loss(x, y).backward()
+        opt.step()
+        _sync(device)
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_step_bytes(runner, x, y, device):
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    runner.model.zero_grad(set_to_none=True)
+    runner.loss(x, y).backward()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def max_batch(runner, name, T, device, budget_bytes, limit=4096):
+    def fits(b):
+        try:
+            x, y = make_input(name, b, T, device)
+            return peak_step_bytes(runner, x, y, device) <= budget_bytes
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            runner.model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def variants(name, T, device, configs):
+    """(config, Runner, identity-neuron Runner or None) for one model and T."""
+    shape, static, ncls = MODELS[name]
+    sj = _sj()
+    out = []
+    if name == "sj_resnet18":
+        if sj is None:
+            print("# spikingjelly not installed: sj_resnet18 rows skipped")
+            return out
+        torch.manual_seed(0)
+        base = sj_zoo_resnet18(ncls).to(device)
+        ident = swap_neurons(copy.deepcopy(base), nn.Identity)
+        out.append((f"sj-zoo[{sj_impl(device)}]", Runner(copy.deepcopy(base), False, static, T, zoo=True),
+                    Runner(ident, False, static, T, zoo=True)))
+        if hasattr(tcl_fast, "convert_spikingjelly"):
+            for pack in (False, True):
+                m = tcl_fast.convert_spikingjelly(copy.deepcopy(base), backend="auto")
+                out.append(("zoo-tcl" + ("+pack" if pack else ""), Runner(m, pack, static, T, zoo=True),
+                            None if pack else Runner(swap_neurons(copy.deepcopy(m), nn.Identity), False, static,
+                                                     T, zoo=True)))
+        else:
+            print("# tcl_fast.convert_spikingjelly not available: converted-zoo rows (zoo-tcl, zoo-tcl+pack) skipped")
+        return out
+    torch.manual_seed(0)
+    kw = {"final_hw": 3} if name == "vggsnn" else {}
+    base = build_model(name, ncls, shape[0], **kw).to(device)
+    for cfg in configs:
+        if cfg == "sj":
+            if sj is None:
+                print("# spikingjelly not installed: sj rows skipped")
+                continue
+            m = swap_neurons(copy.deepcopy(base), SJLIF).to(device)
+            out.append((f"sj[{sj_impl(device)}]", Runner(m, False, static, T), None))
+            continue
+        m = copy.deepcopy(base)
+        set_bn_fusion(m, cfg == "pack+fuse")
+        ident = swap_neurons(copy.deepcopy(base), nn.Identity) if cfg == "plain" else None
+        out.append((cfg, Runner(m, cfg != "plain", static, T), ident and Runner(ident, False, static, T)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--T", type=int, nargs="+", default=[4, 6, 10])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--batch", type=int, default=8, help="batch for the memory count")
+    ap.add_argument("--time-batch", type=int, default=None, help="batch for step times (default: CPU 2, CUDA --batch)")
+    ap.add_argument("--time-T", type=int, nargs="*", default=None,
+                    help="T values to time (default: CPU the first T, CUDA all); memory is counted at every T")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-neuron-share", action="store_true", help="skip the identity-neuron timing")
+    ap.add_argument("--budget-gib", type=float, default=None, help="CUDA: find the largest batch under this budget")
+    ap.add_argument("--budget-T", type=int, default=6)
+    ap.add_argument("--hw", type=int, default=None, help="override the input height/width (tests: shrink)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--force", action="store_true", help="overwrite the default committed result file")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.hw is not None:
+        for k, (shape, static, ncls) in list(MODELS.items()):
+            MODELS[k] = ((shape[0], args.hw, args.hw), static, ncls)
+    default_out = os.path.join(ROOT, "benchmarks", "results", f"train_step_{device.type}.json")
+    out_path = args.out or default_out
+    if args.out is None and os.path.exists(default_out) and not args.force:
+        print(f"{default_out} exists: pass --out PATH or --force", file=sys.stderr)
+        return 2
+    time_batch = args.time_batch or (2 if device.type == "cpu" else args.batch)
+    time_T = args.time_T if args.time_T is not None else (args.T[:1] if device.type == "cpu" else args.T)
+    name = device_name(device)
+    print(f"# {name}, torch {torch.__version__}; memory at batch {args.batch}, times at batch {time_batch} "
+          f"(median of {args.repeats} steps)")
+    rows = []
+    for model_name in args.models:
+        for T in args.T:
+            plain_bytes, sj_bytes = None, None
+            for cfg, runner, ident in variants(model_name, T, device, args.configs):
+                x, y = make_input(model_name, args.batch, T, device)
+                row = dict(model=model_name, T=T, config=cfg, batch=args.batch,
+                           saved_bytes=saved_bytes(runner, x, y))
+                if cfg == "plain":
+                    plain_bytes = row["saved_bytes"]
+                if cfg.startswith("sj"):
+                    sj_bytes = row["saved_bytes"]
+                row["vs_plain"] = row["saved_bytes"] / plain_bytes if plain_bytes else None
+                row["vs_sj"] = row["saved_bytes"] / sj_bytes if sj_bytes else None
+                if device.type == "cuda":
+                    row["max_allocated_bytes"] = peak_step_bytes(runner, x, y, device)
+                del x, y
+                if T in time_T:
+                    x, y = make_input(model_name, time_batch, T, device, seed=1)
+                    ts = step_times(runner, x, y, args.repeats, device)
+                    row.update(time_batch=time_batch, step_ms=1e3 * statistics.median(ts),
+                               step_ms_all=[1e3 * t for t in ts], images_per_s=time_batch / statistics.median(ts))
+                    if ident is not None and not args.no_neuron_share:
+                        ti = statistics.median(step_times(ident, x, y, args.repeats, device))
+                        row["identity_step_ms"] = 1e3 * ti
+                        row["neuron_share"] = max(0.0, 1 - ti / statistics.median(ts))
+                if device.type == "cuda" and args.budget_gib and T == args.budget_T:
+                    row["budget_gib"] = args.budget_gib
+                    row["max_batch"] = max_batch(runner, model_name, T, device, args.budget_gib * 2**30)
+                rows.append(row)
+                _print_row(row)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(dict(benchmark="train_step", device=name, device_type=device.type, torch=torch.__version__,
+                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       command=" ".join(["python", "benchmarks/bench_train_step.py", *(argv or sys.argv[1:])]),
+                       sj_lif_cuda_implementation=os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION"),
+                       hw=args.hw, batch=args.batch, time_batch=time_batch, repeats=args.repeats, rows=rows), f, indent=1)
+    print(f"# wrote {out_path}")
+    return 0
+
+
+def _fmt(v, f):
+    return "-" if v is None else format(v, f)
+
+
+def _print_row(r):
+    print(f"{r['model']:<12} T={r['T']:<3} {r['config']:<16} saved {r['saved_bytes'] / 2**20:9.1f} MiB"
+          f"  x plain {_fmt(r['vs_plain'], '.3f'):>6}  x sj {_fmt(r['vs_sj'], '.3f'):>6}"
+          f"  step {_fmt(r.get('step_ms'), '.0f'):>6} ms  {_fmt(r.get('images_per_s'), '.1f'):>6} img/s"
+          f"  neurons {_fmt(r.get('neuron_share'), '.1%'):>6}"
+          + (f"  peak {r['max_allocated_bytes'] / 2**20:.0f} MiB" if "max_allocated_bytes" in r else "")
+          + (f"  max batch {r['max_batch']}" if "max_batch" in r else ""), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""benchmarks/bench_train_step.py runs end to end at a tiny size and writes its rows."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_train_step_tiny_cpu_run(tmp_path):
+    out = tmp_path / "ts.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_train_step.py"), "--device", "cpu",
+           "--models", "resnet19", "sj_resnet18", "--T", "2", "--batch", "2", "--time-batch", "1",
+           "--repeats", "1", "--hw", "8", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["device_type"] == "cpu" and result["device"] and result["hw"] == 8
+    rows = {(r["model"], r["config"]): r for r in result["rows"]}
+    for cfg in ("plain", "pack", "pack+fuse"):
+        r = rows[("resnet19", cfg)]
+        assert r["saved_bytes"] > 0 and r["step_ms"] > 0 and r["images_per_s"] > 0
+    plain, pack, fused = (rows[("resnet19", c)]["saved_bytes"] for c in ("plain", "pack", "pack+fuse"))
+    assert fused < pack < plain
+    assert rows[("resnet19", "pack")]["vs_plain"] == pack / plain
+    assert 0 <= rows[("resnet19", "plain")]["neuron_share"] <= 1
+    if ("resnet19", "sj[torch]") in rows:  # spikingjelly installed
+        assert rows[("resnet19", "plain")]["vs_sj"] < 1
+        assert ("sj_resnet18", "sj-zoo[torch]") in rows
+    if not any(c.startswith("zoo-tcl") for _, c in rows):
+        assert "converted-zoo rows" in proc.stdout
+
+
+def test_default_result_file_is_not_overwritten(tmp_path):
+    default = os.path.join(ROOT, "benchmarks", "results", "train_step_cpu.json")
+    if not os.path.exists(default):
+        return
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train_step.py"),
+                           "--device", "cpu", "--models", "resnet19", "--T", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--force" in proc.stderr

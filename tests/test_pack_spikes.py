@@ -116,7 +116,7 @@ def test_other_tensor_changed_after_the_save_still_raises():
 
 
 def test_no_marking_without_grad_or_outside_the_context():
-    from tcl_fast.pack import _st
+    from tcl_fast.ops.pack import _st
     lif = tcl_fast.LIFMultiStep()
     x = torch.randn(2, 10)
     with tcl_fast.pack_spikes():
@@ -155,3 +155,41 @@ def test_under_torch_compile_falls_back_and_stays_exact():
     compiled = torch.compile(net, backend="aot_eager", fullgraph=False)
     _, gb = _grads(compiled, x, True)
     _assert_identical(ga, gb)
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_spikingjelly_style_neurons_and_functional_calls_are_packed(step_mode):
+    # lif_multistep marks its spikes itself, so every neuron built on it (the
+    # SpikingJelly-compatible nodes a converted model holds, in either step
+    # mode) and direct functional calls pack too.
+    torch.manual_seed(0)
+    T, B = 4, 2
+    conv1, conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+    node1 = tcl_fast.LIFNode(tau=2.0, step_mode=step_mode)
+    model = nn.ModuleList([conv1, conv2, node1])
+
+    def forward(x):
+        node1.reset()
+        if step_mode == "m":
+            s = node1(conv1(x.flatten(0, 1)).unflatten(0, (T, B)))
+            s = tcl_fast.lif_multistep(conv2(s.flatten(0, 1)).unflatten(0, (T, B)))
+        else:  # conv2 saves each step's spikes as node1 emitted them
+            s = tcl_fast.lif_multistep(torch.stack([conv2(node1(conv1(x[t]))) for t in range(T)]))
+        return s.mean((0, 3, 4))
+
+    x = torch.randn(T, B, 3, 6, 6) * 2
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return forward(x)
+
+    net = Wrapped()
+    plain_bytes, plain = _grads(net, x, pack=False)
+    packed_bytes, packed = _grads(net, x, pack=True)
+    _assert_identical(plain, packed)
+    # conv2 saves node1's T*B*8*6*6 spikes: float32 -> 1 bit
+    assert packed_bytes < plain_bytes - 0.9 * (T * B * 8 * 36 * 4)

@@ -26,7 +26,7 @@ from torch import nn
 
 from tcl_fast.nn.lif import LIFMultiStep
 from tcl_fast.ops.lif import lif_multistep
-from tcl_fast.pack import mark_spikes
+from tcl_fast.ops.pack import mark_spikes
 
 __all__ = ["BNLIF", "bn_lif"]
 

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from tcl_fast.ops.lif import BACKENDS, check_neuron_params, lif_multistep, validate_decay
-from tcl_fast.pack import mark_spikes
 
 
 class LIFMultiStep(nn.Module):
@@ -69,14 +68,11 @@ class LIFMultiStep(nn.Module):
         return torch.sigmoid(self.w) if self.learnable_tau else 1.0 / self.tau
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_v: bool = False):
-        out = lif_multistep(
+        return lif_multistep(
             x, v0, decay=self.decay(), v_threshold=self.v_threshold, v_reset=self.v_reset,
             decay_input=self.decay_input, detach_reset=self.detach_reset,
             surrogate=self.surrogate, alpha=self.alpha, return_v=return_v, backend=self.backend,
         )
-        # Inside tcl_fast.pack_spikes(), ops that save these spikes keep them as bits.
-        mark_spikes(out[0] if return_v else out)
-        return out
 
     def extra_repr(self) -> str:
         tau = f"tau={self.tau}" + (" (learnable)" if self.learnable_tau else "")

@@ -23,6 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from tcl_fast import _extension
+from tcl_fast.ops.pack import mark_spikes
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES, lif_multistep_reference
 
 BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
@@ -328,7 +329,7 @@ def lif_multistep(
             x, v0, k, v_threshold, v_reset if hard_reset else None, decay_input,
             detach_reset, surrogate, alpha, smooth=_smooth, beta=beta,
         )
-        return (spikes, v_last) if return_v else spikes
+        return _emit(spikes, v_last, return_v, _smooth)
 
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if isinstance(k, torch.Tensor):
@@ -346,4 +347,12 @@ def lif_multistep(
         spikes, v_last = spikes.view(x.shape), v_last.view(neuron_shape)
     else:  # the C++/CUDA op takes [T, *neurons] as it is: no view nodes for autograd
         spikes, v_last = _lif_op(x_c, v0_c, k, *params)
+    return _emit(spikes, v_last, return_v, _smooth)
+
+
+def _emit(spikes, v_last, return_v, smooth):
+    # Inside tcl_fast.pack_spikes(), ops that save these 0/1 spikes keep them as
+    # bits (smooth test-mode "spikes" are not 0/1).
+    if not smooth:
+        mark_spikes(spikes)
     return (spikes, v_last) if return_v else spikes

@@ -27,8 +27,8 @@ Per row:
   then bisection) whose step peaks under the budget.
 
 CPU timings on a shared machine are noisy: medians, and say so. Results: a
-table on stdout, JSON to --out (default benchmarks/results/train_step_<device>.json,
-which is not overwritten without --force).
+table on stdout, JSON to --out (default benchmarks/results/local/train_step_<device>.json,
+rewritten after every row, so an interrupted run keeps its rows).
 """
 from __future__ import annotations
 
@@ -39,14 +39,10 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 
+import _common  # noqa: I001  (first: puts this checkout on sys.path)
 import torch
 from torch import nn
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tcl_fast  # noqa: E402
 from tcl_fast.models import build_model, set_bn_fusion  # noqa: E402
@@ -63,16 +59,7 @@ CONFIGS = ("sj", "plain", "pack", "pack+fuse")
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return f"{_common.cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 # ------------------------------------------------------------- SpikingJelly ----
@@ -274,19 +261,14 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-gib", type=float, default=None, help="CUDA: find the largest batch under this budget")
     ap.add_argument("--budget-T", type=int, default=6)
     ap.add_argument("--hw", type=int, default=None, help="override the input height/width (tests: shrink)")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--force", action="store_true", help="overwrite the default committed result file")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/local/train_step_<device>.json)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     if args.hw is not None:
         for k, (shape, static, ncls) in list(MODELS.items()):
             MODELS[k] = ((shape[0], args.hw, args.hw), static, ncls)
-    default_out = os.path.join(ROOT, "benchmarks", "results", f"train_step_{device.type}.json")
-    out_path = args.out or default_out
-    if args.out is None and os.path.exists(default_out) and not args.force:
-        print(f"{default_out} exists: pass --out PATH or --force", file=sys.stderr)
-        return 2
+    out_path = _common.output_path(args.out, f"train_step_{device.type}.json")
     time_batch = args.time_batch or (2 if device.type == "cpu" else args.batch)
     time_T = args.time_T if args.time_T is not None else (args.T[:1] if device.type == "cpu" else args.T)
     name = device_name(device)
@@ -322,16 +304,22 @@ def main(argv=None) -> int:
                     row["budget_gib"] = args.budget_gib
                     row["max_batch"] = max_batch(runner, model_name, T, device, args.budget_gib * 2**30)
                 rows.append(row)
+                # Rewritten after every row: a run stopped part-way keeps what it measured.
+                _write(out_path, rows, name, device, argv, args, time_batch)
                 _print_row(row)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(dict(benchmark="train_step", device=name, device_type=device.type, torch=torch.__version__,
-                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       command=" ".join(["python", "benchmarks/bench_train_step.py", *(argv or sys.argv[1:])]),
-                       sj_lif_cuda_implementation=os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION"),
-                       hw=args.hw, batch=args.batch, time_batch=time_batch, repeats=args.repeats, rows=rows), f, indent=1)
     print(f"# wrote {out_path}")
     return 0
+
+
+def _write(out_path, rows, name, device, argv, args, time_batch):
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = f"{out_path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(benchmark="train_step", device=name, device_type=device.type, torch=torch.__version__,
+                       date=_common.utc_now(), command=_common.command_line("bench_train_step.py", argv),
+                       sj_lif_cuda_implementation=os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION"),
+                       hw=args.hw, batch=args.batch, time_batch=time_batch, repeats=args.repeats, rows=rows), f, indent=1)
+    os.replace(tmp, out_path)
 
 
 def _fmt(v, f):

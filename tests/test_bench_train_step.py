@@ -31,11 +31,20 @@ def test_bench_train_step_tiny_cpu_run(tmp_path):
         assert "converted-zoo rows" in proc.stdout
 
 
-def test_default_result_file_is_not_overwritten(tmp_path):
-    default = os.path.join(ROOT, "benchmarks", "results", "train_step_cpu.json")
-    if not os.path.exists(default):
-        return
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train_step.py"),
-                           "--device", "cpu", "--models", "resnet19", "--T", "1"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 2 and "--force" in proc.stderr
+def test_rows_are_kept_when_the_run_stops_part_way(tmp_path):
+    # The JSON is rewritten (atomically) before each row is printed: a run
+    # killed right after its first row keeps that row.
+    out = tmp_path / "ts.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_train_step.py"), "--device", "cpu",
+           "--models", "resnet19", "--configs", "plain", "pack", "--T", "2", "--batch", "2",
+           "--time-T", "--no-neuron-share", "--hw", "8", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        for line in proc.stdout:  # stop it as soon as the first row is printed
+            if line.startswith("resnet19"):
+                break
+        proc.kill()
+    finally:
+        proc.wait(timeout=60)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows][:1] == ["plain"]

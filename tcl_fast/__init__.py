@@ -7,7 +7,7 @@ registers the ``torch.ops.tcl_fast`` ops.
 """
 from __future__ import annotations
 
-import importlib
+from tcl_fast._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -36,15 +36,4 @@ _LAZY = {
 }
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tcl_fast' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

@@ -5,7 +5,7 @@ needs to parse its arguments) loads without torch.
 """
 from __future__ import annotations
 
-import importlib
+from tcl_fast._lazy import lazy_names
 
 _LAZY = {
     "TrainConfig": "tcl_fast.training.config",
@@ -20,13 +20,4 @@ _LAZY = {
 }
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tcl_fast.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

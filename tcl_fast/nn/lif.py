@@ -25,9 +25,11 @@ class LIFMultiStep(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         alpha, v_threshold, _ = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
-        validate_decay(tau)  # fail at construction, not at the first forward
+        validate_decay(tau, decay_input=decay_input)  # fail at construction, not at the first forward
         if learnable_tau and tau <= 1:
             raise ValueError(f"learnable_tau needs tau > 1 (w = -log(tau - 1)), got {tau}")
+        if learnable_tau and math.isinf(tau):
+            raise ValueError("learnable_tau needs a finite tau (sigmoid(w) = 1/tau can't reach 0)")
         self.tau = float(tau)
         self.v_threshold = v_threshold
         self.v_reset = None if v_reset is None else float(v_reset)

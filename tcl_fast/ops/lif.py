@@ -186,27 +186,71 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     return "torch"
 
 
-def validate_decay(tau, decay=None):
-    """Return k = 1/tau as a float or a tensor; raise on values that make no LIF."""
-    if decay is not None:
-        if isinstance(decay, torch.Tensor):
-            if decay.numel() != 1 or not decay.is_floating_point():
-                raise ValueError("decay must be a floating-point scalar tensor (1/tau)")
-            return decay.reshape(())
-        tau = 1.0 / float(decay) if float(decay) > 0 else 0.0
-    if isinstance(tau, torch.Tensor):
-        if tau.numel() != 1 or not tau.is_floating_point():
-            raise ValueError("tau must be a float or a floating-point scalar tensor")
-        return 1.0 / tau.reshape(())
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
-    if not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be positive and finite, got {tau}")
-    if tau < 1:
-        raise ValueError(
-            f"tau must be >= 1, got {tau}: with tau < 1 the leak 1/tau > 1 overshoots v_reset"
-        )
-    return 1.0 / tau
+_IF_NEEDS = ("no leak (an IF neuron) needs decay_input=False: with decay_input=True the input is "
+             "scaled by decay = 0 and ignored")
+
+
+def validate_decay(tau=2.0, decay=None, decay_input: bool = True):
+    """Return k = 1/tau (``decay`` when given) as a float or a 0-dim tensor.
+
+    Valid: k in (0, 1], i.e. tau in [1, inf); and k = 0 (tau = inf, an IF neuron
+    h = v + x) only with ``decay_input=False``. NaN never. Errors name the
+    argument the caller passed. A tensor on CUDA is checked on the device
+    (``torch._assert_async``): no host sync, and a bad value fails the next
+    synchronising call with this message.
+    """
+    name, value = ("tau", tau) if decay is None else ("decay", decay)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"{name} must be a float or a floating-point scalar tensor")
+        value = value.reshape(())
+        k = value if name == "decay" else 1.0 / value  # 1/inf = 0: the IF neuron
+        _check_decay_tensor(k, name, decay_input)
+        return k
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    if name == "tau":
+        if value <= 0:
+            raise ValueError(f"tau must be positive, got {value}")
+        if value < 1:
+            raise ValueError(
+                f"tau must be >= 1, got {value}: with tau < 1 the leak 1/tau > 1 overshoots v_reset"
+            )
+        k = 1.0 / value
+    else:
+        if not 0 <= value <= 1:
+            raise ValueError(f"decay must be in (0, 1] (decay = 1/tau), got {value}")
+        k = value
+    if k == 0 and decay_input:
+        raise ValueError(f"{name}={value}: {_IF_NEEDS}")
+    return k
+
+
+def _check_decay_tensor(k: torch.Tensor, name: str, decay_input: bool) -> None:
+    if k.device.type == "meta" or torch.compiler.is_compiling():  # eager calls check; no graph break
+        return
+    k = k.detach()
+    allowed = "tau must be in [1, inf)" if name == "tau" else "decay must be in (0, 1]"
+    if k.device.type == "cuda":
+        # Two tiny kernels and a device-side assert: no host wait (.item() would sync every LIF call).
+        ok = (k > 0) & (k <= 1) if decay_input else (k >= 0) & (k <= 1)
+        torch._assert_async(ok, f"{allowed} and not NaN" + (f"; {name} with {_IF_NEEDS}" if decay_input else ""))
+        return
+    v = float(k)
+    given = (math.inf if v == 0 else 1.0 / v) if name == "tau" else v
+    if v == 0 and decay_input:
+        raise ValueError(f"{name}={given}: {_IF_NEEDS}")
+    if not 0 <= v <= 1:
+        raise ValueError(f"{allowed} (or {'inf' if name == 'tau' else '0'} with decay_input=False), "
+                         f"got {name}={given}")
+
+
+# Below this, triangle's 1/alpha**2 leaves float32 (NaN gradients from 1e-23 on), and
+# every surrogate's gradient is already a spike of height 1/alpha >= 1e6.
+ALPHA_MIN = 1e-6
 
 
 def check_surrogate(surrogate: str, alpha: float | None,
@@ -216,8 +260,8 @@ def check_surrogate(surrogate: str, alpha: float | None,
     if surrogate not in SURROGATES:
         raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
     alpha = DEFAULT_ALPHA[surrogate] if alpha is None else float(alpha)
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be positive and finite, got {alpha}")
+    if not (alpha >= ALPHA_MIN and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be positive and finite, at least {ALPHA_MIN:g}, got {alpha}")
     if surrogate in DEFAULT_BETA:
         beta = DEFAULT_BETA[surrogate] if beta is None else float(beta)
         if not (beta >= 0 and math.isfinite(beta)):
@@ -309,7 +353,7 @@ def lif_multistep(
     alpha, v_threshold, v_r = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
     _, beta = check_surrogate(surrogate, alpha, surrogate_beta)
     hard_reset = v_reset is not None
-    k = validate_decay(tau, decay)
+    k = validate_decay(tau, decay, decay_input)
     neuron_shape = x.shape[1:]
     if v0 is not None:
         if not isinstance(v0, torch.Tensor):

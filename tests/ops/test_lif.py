@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -588,3 +589,96 @@ def test_cpu_16bit_conversions_every_value(dtype, decay):
     assert torch.equal(got_f[kept], want_f[kept])
     nonzero = kept & (want_f != 0)
     assert torch.equal(v_last.view(torch.int16)[nonzero], want.view(torch.int16)[nonzero])
+
+
+# ---------------------------------------------------------------------------
+# tau / decay: tensors validated like floats; the IF neuron (no leak)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, match", [
+    (dict(tau=torch.tensor(0.0)), "tau must be in"),
+    (dict(tau=torch.tensor(0.5)), "tau must be in"),
+    (dict(tau=torch.tensor(-1.0)), "tau must be in"),
+    (dict(tau=torch.tensor(float("nan"))), "tau must be in"),
+    (dict(tau=torch.tensor(float("inf"))), "tau=inf: no leak .* needs decay_input=False"),
+    (dict(tau=float("inf")), "tau=inf: no leak .* needs decay_input=False"),
+    (dict(tau=float("nan")), "tau must not be NaN"),
+    (dict(decay=torch.tensor(2.0)), "decay must be in"),
+    (dict(decay=torch.tensor(-0.5)), "decay must be in"),
+    (dict(decay=torch.tensor(float("nan"))), "decay must be in"),
+    (dict(decay=-0.5), r"decay must be in \(0, 1\].*-0.5"),
+    (dict(decay=1.5), r"decay must be in \(0, 1\]"),
+    (dict(decay=0.0), "decay=0.0: no leak"),
+    (dict(decay=torch.tensor(0.0)), "decay=0.0: no leak"),
+])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_bad_tau_or_decay_is_refused_naming_the_argument(kw, match, backend):
+    x = torch.ones(3, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=match):
+        tcl_fast.lif_multistep(x, backend=backend, **kw)
+
+
+def test_learnable_tau_that_went_nan_is_refused():
+    lif = tcl_fast.LIFMultiStep(tau=2.0, learnable_tau=True, backend="cpp")
+    with torch.no_grad():
+        lif.w.fill_(float("nan"))
+    with pytest.raises(ValueError, match="decay must be in"):
+        lif(torch.ones(3, 4))
+
+
+def _if_reference(x, v_threshold=1.0, v_reset=0.0):
+    """The IF neuron written out: h = v + x, fire at h >= v_threshold, hard reset."""
+    v, spikes = torch.full_like(x[0], v_reset), []
+    for t in range(x.shape[0]):
+        h = v + x[t]
+        s = (h >= v_threshold).to(x.dtype)
+        v = torch.where(s.bool(), torch.full_like(h, v_reset), h)
+        spikes.append(s)
+    return torch.stack(spikes), v
+
+
+IF_BACKENDS = ["torch", "cpp", pytest.param("triton", marks=pytest.mark.skipif(
+    not (_extension.has_triton() and not torch.cuda.is_available()), reason="Triton cannot run on CPU here"))]
+
+
+@pytest.mark.parametrize("backend", IF_BACKENDS)
+@pytest.mark.parametrize("kw", [dict(tau=math.inf), dict(decay=0.0), dict(tau=torch.tensor(math.inf))],
+                         ids=["tau=inf", "decay=0", "tensor tau=inf"])
+def test_if_neuron_is_tau_inf_without_decay_input(backend, kw):
+    x = _inputs((13, 2, 9), "cpu", scale=0.6)
+    spikes, v = tcl_fast.lif_multistep(x, decay_input=False, return_v=True, backend=backend, **kw)
+    want_s, want_v = _if_reference(x)
+    assert torch.equal(spikes, want_s)
+    assert 0 < want_s.mean() < 1
+    torch.testing.assert_close(v, want_v, rtol=1e-6, atol=1e-6)
+
+
+def test_if_module_needs_decay_input_false():
+    with pytest.raises(ValueError, match="needs decay_input=False"):
+        tcl_fast.LIFMultiStep(tau=math.inf)
+    with pytest.raises(ValueError, match="learnable_tau needs a finite tau"):
+        tcl_fast.LIFMultiStep(tau=math.inf, decay_input=False, learnable_tau=True)
+    x = _inputs((5, 7), "cpu")
+    torch.testing.assert_close(tcl_fast.LIFMultiStep(tau=math.inf, decay_input=False, backend="cpp")(x),
+                               _if_reference(x)[0])
+
+
+@pytest.mark.parametrize("alpha", [1e-7, 1e-23])
+def test_alpha_below_the_floor_is_refused(alpha):
+    # Triangle's 1/alpha^2 leaves float32 near 1e-23: NaN gradients. The floor is 1e-6.
+    with pytest.raises(ValueError, match="at least 1e-06"):
+        tcl_fast.lif_multistep(torch.ones(3, 4), surrogate="triangle", alpha=alpha)
+    tcl_fast.lif_multistep(torch.ones(3, 4), surrogate="triangle", alpha=1e-6)
+
+
+@pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="needs a GPU and the CUDA kernels")
+def test_tensor_tau_is_checked_without_a_host_sync():
+    x = torch.randn(4, 1000, device="cuda")
+    lif = tcl_fast.LIFMultiStep(tau=2.0, learnable_tau=True, backend="cuda").cuda()
+    tau = torch.tensor(3.0, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tcl_fast.lif_multistep(x, tau=tau, backend="cuda")
+        lif(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

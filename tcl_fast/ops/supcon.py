@@ -22,11 +22,10 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 
 from tcl_fast import _extension
 from tcl_fast.ops.supcon_blocked import default_block_rows, supcon_lse_blocked
-from tcl_fast.ops.supcon_reference import supcon_loss_reference
+from tcl_fast.ops.supcon_reference import normalize_rows, supcon_loss_reference
 
 BACKENDS = ("auto", "triton", "blocked", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -147,7 +146,7 @@ def _fused_supcon(z, labels, temperature, base_temperature, normalize, backend, 
     n, d = z.shape
     x = z.to(compute_dtype)
     if normalize:
-        x = F.normalize(x, dim=1)
+        x = normalize_rows(x)
     inv_temperature = 1.0 / temperature
 
     if backend == "triton":
@@ -190,7 +189,10 @@ def supcon_loss(
 ) -> torch.Tensor:
     """Supervised-contrastive loss of ``z: [N, D]`` with integer ``labels: [N]``.
 
-    With z_hat = z / ||z|| (``F.normalize``; skipped when ``normalize=False``)
+    With z_hat = z / ||z|| (``normalize_rows``: F.normalize after scaling each row
+    by its largest magnitude, so rows beyond ~1e19 in float32 still normalise;
+    skipped when ``normalize=False``; a zero row stays zero, with F.normalize's
+    gradient 1/eps = 1e12 there)
     and s_ij = z_hat_i . z_hat_j / temperature, each anchor i has positives
     P(i) = {p != i : y_p = y_i} and contrast set A(i) = {a != i}:
 

@@ -9,6 +9,19 @@ import torch
 import torch.nn.functional as F
 
 
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=1)`` that also holds for rows whose squared norm leaves the dtype.
+
+    Each row is first divided by its largest magnitude, so ``||x||^2`` can't
+    overflow (|x| >~ 1e19 in float32 would normalise to 0) or underflow. The
+    divisor is detached: normalising is scale-invariant, so the gradient is
+    exactly F.normalize's. A zero row stays zero, and its gradient is F.normalize's
+    1/eps = 1e12 per unit of upstream gradient (a row of zeros has no direction).
+    """
+    peak = x.detach().abs().amax(dim=1, keepdim=True)
+    return F.normalize(x / torch.where(peak > 0, peak, torch.ones_like(peak)), dim=1)
+
+
 def supcon_loss_reference(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -37,7 +50,7 @@ def supcon_loss_reference(
         compute_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     x = z.to(compute_dtype)
     if normalize:
-        x = F.normalize(x, dim=1)
+        x = normalize_rows(x)
     logits = x @ x.T / temperature
 
     n = x.shape[0]

@@ -493,3 +493,32 @@ def test_bad_input_raises(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         supcon_loss(**args)
+
+
+# --------------------------------------------------------------------------
+# Rows at the edges of float32
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_huge_and_tiny_rows_normalise_like_moderate_ones(backend, scale):
+    # ||z||^2 overflows (1e20) or underflows (1e-30) float32: the rows are scaled before normalising.
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(8, 6, generator=generator)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    device = _device(backend)
+    want = supcon_loss(z.to(device), labels.to(device), 0.5, backend=backend)
+    zs = (z * scale).to(device).requires_grad_()
+    got = supcon_loss(zs, labels.to(device), 0.5, backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.backward()
+    assert torch.isfinite(zs.grad).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_zero_row_has_f_normalize_gradient(backend):
+    # Documented: a zero row stays zero and gets F.normalize's 1/eps gradient, finite.
+    z = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+    z[0] = 0
+    z = z.to(_device(backend)).requires_grad_()
+    supcon_loss(z, torch.tensor([0, 0, 1, 1], device=z.device), backend=backend).backward()
+    assert torch.isfinite(z.grad).all() and z.grad[0].abs().max() > 1e9

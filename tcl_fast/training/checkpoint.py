@@ -1,13 +1,19 @@
-"""Atomic checkpoints and RNG-state capture for exact resumption."""
+"""Atomic, hashed checkpoints, RNG-state capture for exact resumption, and the run-folder lock."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import random
+import re
+import warnings
 
 import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+HASH_KEY = "content_sha256"
+LOCK_NAME = ".lock"
 
 
 def rng_state() -> dict:
@@ -35,10 +41,42 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _digest(obj, h) -> None:
+    """Feed a canonical encoding of a checkpoint's contents (tensors by their bytes) to ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k, v in obj.items():
+            _digest(k, h)
+            _digest(v, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for v in obj:
+            _digest(v, h)
+    else:  # str, int, float, bool, None: repr is exact for each (floats round-trip)
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_hash(state: dict) -> str:
+    """SHA-256 of everything in ``state`` except the stored hash itself."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in state.items() if k != HASH_KEY}, h)
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict, path: str) -> str:
     """Write to a temp file in the same folder, fsync, then os.replace: a crash at
-    any point leaves either the previous complete checkpoint or the new one."""
+    any point leaves either the previous complete checkpoint or the new one.
+
+    The checkpoint carries the SHA-256 of its contents, which every load checks:
+    torch's zip records have no checksum of their own, so a flipped byte inside a
+    tensor would otherwise load as a wrong weight.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {**state, HASH_KEY: content_hash(state)}
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -77,6 +115,7 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load and verify a checkpoint; ValueError names what is wrong with the file."""
     path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -84,4 +123,134 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise ValueError(f"{path!r} is not a readable tcl_fast checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"{path!r} is not a tcl_fast checkpoint (no config/model entries)")
+    stored = state.get(HASH_KEY)
+    if stored is None:
+        warnings.warn(f"checkpoint {path!r} has no content hash (written by an older tcl_fast); "
+                      "it is loaded without an integrity check", UserWarning, stacklevel=2)
+    elif stored != content_hash(state):
+        raise ValueError(f"{path!r} is corrupt: its contents do not match the SHA-256 stored when it was "
+                         "written (damaged on disk or in transfer); nothing was loaded")
+    problems = []
+    if not isinstance(state["config"], dict):
+        problems.append(f"config is a {type(state['config']).__name__}, not a dict")
+    if not isinstance(state["model"], dict):
+        problems.append(f"model is a {type(state['model']).__name__}, not a dict")
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        problems.append("no epoch" if epoch is None else f"epoch is {epoch!r}")
+    if problems:
+        raise ValueError(f"{path!r} is not a valid tcl_fast checkpoint ({'; '.join(problems)})")
     return state
+
+
+def first_nonfinite(tree, prefix: str = "") -> str | None:
+    """Name of the first floating-point tensor in ``tree`` holding NaN or inf (None if none)."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            return prefix or "tensor"
+        return None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for k, v in items:
+        bad = first_nonfinite(v, f"{prefix}.{k}" if prefix else str(k))
+        if bad is not None:
+            return bad
+    return None
+
+
+_TMP_SUFFIX = re.compile(r"\.tmp\.(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete ``<file>.tmp.<pid>`` left by a save that was killed (its PID no longer runs)."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        m = _TMP_SUFFIX.search(name)
+        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<folder>/.lock`` for the whole run.
+
+    The OS drops the lock when the process ends, however it ends (even SIGKILL),
+    so no stale lock can outlive its run. The holder writes its PID into the
+    file so that a refused second run can name it.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_NAME)
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): run unlocked
+            return self
+        self._created = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunFolderBusy(self.folder, self._holder()) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def _holder(self) -> int | None:
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip() or "x")
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self._created and os.listdir(self.folder) == [LOCK_NAME]:
+            # A run refused before it wrote anything leaves no folder behind.
+            os.remove(self.path)
+            os.rmdir(self.folder)
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class RunFolderBusy(Exception):
+    """Another live process holds the run folder's lock."""
+
+    def __init__(self, folder: str, pid: int | None):
+        who = f"process {pid}" if pid is not None else "another process"
+        super().__init__(f"run folder {folder!r} is in use by {who} (another training or --resume of it); "
+                         "wait for it to finish or choose another --out")
+        self.folder, self.pid = folder, pid

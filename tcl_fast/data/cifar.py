@@ -142,7 +142,11 @@ def build_cifar(name: str, data_root: str | os.PathLike, *, two_views: bool = Fa
         from torchvision import datasets
 
         cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        cls(str(root), train=True, download=True)  # fetches + md5-checks the archive if absent
+        try:
+            cls(str(root), train=True, download=True)  # fetches + md5-checks the archive if absent
+        except OSError as exc:  # URLError (no network, DNS, refused) is an OSError
+            raise RuntimeError(f"download of {name} into {str(root)!r} failed ({exc}); with no network, copy "
+                               f"the python-version archive's files there by hand") from None
 
     folder = _resolve_folder(spec, root)
     classes = list(_load_pickle(folder / spec.meta_file).get(spec.meta_key, []))

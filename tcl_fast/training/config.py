@@ -11,6 +11,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 LIF_BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
 _DEFAULT_LR = {"sgd": 0.1, "adam": 5e-3, "adamw": 1e-3}
 _DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2}
+SEED_MAX = 2**32 - 1  # NumPy's limit; Python and torch seeds take any such value too
 
 
 class UserError(Exception):
@@ -106,11 +107,13 @@ class TrainConfig:
             if value not in options:
                 raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
 
-        def integer(name, value, low=1, allow_none=False):
+        def integer(name, value, low=1, allow_none=False, high=None):
             if value is None and allow_none:
                 return
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+            if high is not None and value > high:
+                raise UserError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
         def number(name, value, *, positive=False, allow_none=False):
             if value is None and allow_none:
@@ -138,7 +141,7 @@ class TrainConfig:
         integer("epochs", self.epochs)
         integer("batch-size", self.batch_size)
         integer("proj-dim", self.proj_dim)
-        integer("seed", self.seed, low=0)
+        integer("seed", self.seed, low=0, high=SEED_MAX)
         integer("workers", self.workers, low=0)
         integer("limit-batches", self.limit_batches, allow_none=True)
         number("lambda", self.lam)
@@ -149,6 +152,9 @@ class TrainConfig:
         number("lr", self.lr, positive=True, allow_none=True)
         number("weight-decay", self.weight_decay, allow_none=True)
         number("momentum", self.momentum)
+        if self.momentum >= 1:
+            raise UserError(f"momentum must be in [0, 1) (at 1 or above SGD's steps grow without bound), "
+                            f"got {self.momentum:g}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")
                                           or self.device == "mps"):
             raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -18,13 +19,18 @@ from torch.utils.data import DataLoader
 import tcl_fast
 from tcl_fast.models import SNNOutput, build_model
 from tcl_fast.objectives import Objective, build_objective
-from tcl_fast.training.checkpoint import (CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint, rng_state,
-                                          save_checkpoint, set_rng_state)
-from tcl_fast.training.config import TrainConfig, UserError
+from tcl_fast.training.checkpoint import (CHECKPOINT_NAME, RunFolderBusy, RunLock, first_nonfinite,
+                                          load_checkpoint, remove_stale_temp_files, resolve_checkpoint,
+                                          rng_state, save_checkpoint, set_rng_state)
+from tcl_fast.training.config import LIF_BACKENDS, TrainConfig, UserError
 from tcl_fast.training.evaluation import (evaluate_latency, format_table, latency_rows, plot_latency,
                                           to_time_first, write_json)
 
 LOG_NAME, CSV_NAME, CONFIG_NAME = "log.jsonl", "metrics.csv", "config.json"
+# The per-epoch columns of log.jsonl and metrics.csv, in order; the loss's parts add
+# train_<part> columns (train_ce, train_tcl, ...) after train_acc.
+LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "skipped_steps",
+               "train_time_s", "samples_per_s", "images_per_s")
 LATENCY_JSON, LATENCY_PNG = "latency.json", "latency.png"
 
 
@@ -38,12 +44,36 @@ class RunResult:
 
 
 def select_device(name: str) -> torch.device:
+    """The torch.device for --device; UserError unless it names a device this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available here")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"device {name!r} requested but MPS (Apple GPU) is not available here")
+    elif dev.type != "cpu":
+        raise UserError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+def check_backend(backend: str, device: torch.device, what: str = "--backend") -> None:
+    """UserError if the LIF ``backend`` cannot run on ``device`` here (checked before anything is written)."""
+    if backend == "auto":
+        return
+    from tcl_fast.ops.lif import resolve_backend
+
+    try:
+        resolve_backend(backend, device)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"{what} {backend}: {exc}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -56,11 +86,35 @@ def _amp_dtype(amp: str) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Each worker's torch seed derives from the loader generator; give numpy/random the same.
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The RNG seed of one training sample's augmentation in one epoch."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Draw each sample's augmentation from a seed of (seed, epoch, index).
+
+    The transforms draw from torch's global RNG, whose state would otherwise
+    depend on which process loads a sample and in what order: --workers would
+    change the augmentations, and a resume with another worker count would not
+    match the uninterrupted run. The caller's RNG state is left untouched.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # before the epoch's iterator (and workers) start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        s = sample_seed(self.seed, self.epoch, index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)  # the transforms draw from torch only (tcl_fast/data/transforms.py)
+            return self.dataset[index]
 
 
 def build_data(cfg: TrainConfig, *, augment: bool | None = None):
@@ -121,6 +175,24 @@ def _forward(model, objective: Objective, x, y, T: int):
     out = model(to_time_first(x), T=T)
     loss, parts = objective(out, y)
     return loss, parts, out.logits
+
+
+def nonfinite_flag(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool device tensor: is the loss or any gradient NaN/inf?
+
+    One max-abs per gradient (a fused foreach kernel on CUDA) and one reduction
+    over those maxima; nothing waits for the device.
+    """
+    peaks = [loss.detach().float().abs().reshape(())]
+    if grads:
+        peaks += [m.float() for m in torch._foreach_norm(grads, math.inf)]
+    return ~torch.isfinite(torch.stack(peaks).amax())  # amax propagates NaN; a sum could overflow
+
+
+def _nonfinite_message(loss: float, epoch: int, step: int) -> str:
+    what = f"loss became {loss}" if not math.isfinite(loss) else "a gradient became NaN/inf (the loss was finite)"
+    return (f"{what} in epoch {epoch}, step {step}; try a lower --lr or check the inputs and weights, "
+            "or pass --skip-nonfinite to skip such steps")
 
 
 def _to_device(x, device):
@@ -217,8 +289,9 @@ def _broadcast_buffers(model: torch.nn.Module, ctx) -> None:
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False) -> RunResult:
     """Train per ``cfg``; with ``resume`` (checkpoint or run folder) continue that run exactly.
 
-    Writes under ``cfg.resolved_out()``: config.json, log.jsonl, metrics.csv,
-    checkpoint.pt (every epoch, atomically), latency.json and latency.png.
+    Writes under ``cfg.resolved_out()``: config.json, log.jsonl, metrics.csv (one row
+    per epoch with the ``LOG_COLUMNS`` and the loss's parts), checkpoint.pt (every
+    epoch, atomically), latency.json and latency.png.
     Under torchrun (WORLD_SIZE > 1) it trains with DDP; only rank 0 writes files.
     """
     cfg = cfg.validate().resolved()  # config.json records the lr and folder actually used
@@ -228,16 +301,57 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
             state = load_checkpoint(resume)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(f"--resume: {exc}") from None
+        check_resumable(state, f"--resume checkpoint {resume!r}")
     out = cfg.resolved_out()
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out!r} is a file, not a run folder; choose another --out")
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    if state is None and os.path.exists(ckpt_path) and not overwrite:
-        raise UserError(f"{out!r} already holds a run; pass --resume {out} to continue it, "
-                        "--overwrite to replace it, or choose another --out")
     ctx = _init_context(cfg)
     try:
-        return _train(cfg, ctx, state, out, ckpt_path, resume)
+        check_backend(cfg.backend, ctx.device)
+        lock = _lock_run_folder(out, ctx)
+        try:
+            # Checked under the lock: a concurrent run can't slip in between check and write.
+            if state is None and os.path.exists(ckpt_path) and not overwrite:
+                raise UserError(f"{out!r} already holds a run; pass --resume {out} to continue it, "
+                                "--overwrite to replace it, or choose another --out")
+            return _train(cfg, ctx, state, out, ckpt_path, resume)
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         ctx.cleanup()
+
+
+def check_resumable(state: dict, what: str) -> None:
+    """Refuse a checkpoint that lacks what a resume needs, or whose weights or optimizer state
+    hold NaN/inf (a resumed run would train on garbage without ever failing)."""
+    missing = [k for k in ("optimizer", "rng") if not isinstance(state.get(k), dict)]
+    if missing:
+        raise UserError(f"{what} has no {' or '.join(missing)} entry; it is not a resumable tcl_fast checkpoint")
+    bad = first_nonfinite(state["model"], "model") or first_nonfinite(state["optimizer"], "optimizer")
+    if bad is not None:
+        raise UserError(f"{what} holds NaN/inf values in {bad}; nothing was loaded "
+                        "(resume from an earlier copy or start a new run)")
+
+
+def _lock_run_folder(out: str, ctx) -> RunLock | None:
+    """Rank 0 takes the run folder's lock and clears temp files that killed saves left;
+    every rank learns whether it got the lock (so none waits for a rank that quit)."""
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            lock = RunLock(out).acquire()
+            remove_stale_temp_files(out)
+        except RunFolderBusy as exc:
+            error = str(exc)
+    if ctx.distributed:
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise UserError(error)
+    return lock
 
 
 def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, resume: str | None) -> RunResult:
@@ -260,7 +374,7 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
                                 lambda_mse=cfg.lambda_mse, phi=cfg.phi, contrast=cfg.contrast)
     if ctx.distributed:
         # Same initial weights (seeded above), different augmentation draws per rank.
-        seed_everything(cfg.seed + 7919 * ctx.rank)
+        seed_everything((cfg.seed + 7919 * ctx.rank) % 2**32)
     opt = _optimizer(cfg, model)
     sched = _scheduler(cfg, opt)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
@@ -268,10 +382,10 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
     per_rank = cfg.batch_size // ctx.world_size
     loader_gen = torch.Generator()
     pin = device.type == "cuda"
-    sampler = tdist.build_sampler(bundle.train, ctx, shuffle=True, seed=cfg.seed)
-    train_loader = DataLoader(bundle.train, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
-                              generator=loader_gen, num_workers=cfg.workers, worker_init_fn=_seed_worker,
-                              pin_memory=pin)
+    train_set = SeededSamples(bundle.train, cfg.seed)
+    sampler = tdist.build_sampler(train_set, ctx, shuffle=True, seed=cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
+                              generator=loader_gen, num_workers=cfg.workers, pin_memory=pin)
     # Evaluation is sharded too (strided, no padding: every test sample counted exactly once).
     test_set = bundle.test if not ctx.distributed else Subset(
         bundle.test, range(ctx.rank, len(bundle.test), ctx.world_size))
@@ -308,6 +422,11 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
     extra = {"find_unused_parameters": True} if ctx.distributed and cfg.loss in ("ce", "tet") else {}
     net = tdist.wrap_model(model, ctx, sync_bn=cfg.sync_bn, **extra)
     bare = tdist.unwrap(net)
+    params = [p for p in net.parameters() if p.requires_grad]
+    buffers = list(net.buffers())
+    # On a GPU, deciding per step would sync the host every step: when stopping (not skipping),
+    # the flag stays on the device and is read once per epoch, before anything is saved.
+    defer_check = device.type == "cuda" and not cfg.skip_nonfinite
 
     def snapshot(epoch: int) -> None:
         rng = rng_state()
@@ -342,6 +461,7 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             # Reseed the shuffle per epoch so a resumed run sees the same order.
             loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
+            train_set.set_epoch(epoch)
             if sampler is not None:
                 sampler.set_epoch(epoch)
             net.train()
@@ -351,32 +471,40 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
             n_batches = len(train_loader) if cfg.limit_batches is None else min(len(train_loader), cfg.limit_batches)
             bar = tqdm(itertools.islice(train_loader, n_batches), total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}",
                        disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
+            first_bad = torch.zeros((), dtype=torch.long, device=device)  # deferred check: first bad step
+            first_bad_loss = torch.zeros((), device=device)
             t0 = time.perf_counter()
             for i, (x, y) in enumerate(bar):
                 x, y = _to_device(x, device), y.to(device, non_blocking=True)
+                if cfg.skip_nonfinite:  # a skipped step must not leave NaN in BN's running statistics either
+                    saved_buffers = [b.detach().clone() for b in buffers]
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), \
                         tcl_fast.pack_spikes(cfg.pack_spikes):
                     loss, parts, logits = _forward(net, objective, x, y, cfg.T)
-                # Every rank must take the same decision, or DDP's collectives would hang.
-                finite = torch.isfinite(loss.detach()).to(torch.int32)
-                if ctx.distributed:
-                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                ok = bool(finite.item())
-                if not ok and not cfg.skip_nonfinite:
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} in epoch {epoch}, step {i + 1}"
-                        + (" (on another rank)" if math.isfinite(loss.item()) else "")
-                        + "; try a lower --lr, or pass --skip-nonfinite to skip such steps")
                 opt.zero_grad(set_to_none=True)
-                # Backward even for a skipped step: DDP expects one after every forward.
+                # Backward even for a non-finite loss: DDP expects one after every forward.
                 scaler.scale(loss).backward()
-                if not ok:
+                # With fp16 the scaler already skips steps whose (scaled) gradients overflowed.
+                bad = nonfinite_flag(loss, [] if scaler.is_enabled() else
+                                     [p.grad for p in params if p.grad is not None])
+                if ctx.distributed:  # every rank must take the same decision, or DDP's collectives hang
+                    bad = bad.to(torch.int32)
+                    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+                    bad = bad.bool()
+                if defer_check:
+                    hit = bad & (first_bad == 0)
+                    first_bad = torch.where(hit, i + 1, first_bad)
+                    first_bad_loss = torch.where(hit, loss.detach().float(), first_bad_loss)
+                elif bool(bad):
+                    if not cfg.skip_nonfinite:
+                        raise FloatingPointError(_nonfinite_message(loss.item(), epoch, i + 1))
                     opt.zero_grad(set_to_none=True)
+                    torch._foreach_copy_(buffers, saved_buffers)
                     skipped += 1
                     continue
                 scaler.step(opt)
                 scaler.update()
-                # Accumulate on the device (the finiteness check above is the one sync per step).
+                # Accumulate on the device (the finiteness check above is the one sync per step on CPU).
                 b = y.numel()
                 seen += b
                 correct += (logits.detach().float().mean(0).argmax(-1) == y).sum()
@@ -387,6 +515,8 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
                                     acc=f"{100 * correct.item() / seen:.1f}",
                                     sps=f"{seen / (time.perf_counter() - t0):.0f}")
             bar.close()
+            if defer_check and int(first_bad):  # before the epoch's weights are logged or saved
+                raise FloatingPointError(_nonfinite_message(first_bad_loss.item(), epoch, int(first_bad)))
             train_time = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
@@ -400,7 +530,9 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
                    "train_acc": 100 * totals["correct"] / n}
             row.update({f"train_{k}": v / n for k, v in sums.items() if k != "loss"})
             row.update({"test_loss": ev["loss"], "test_acc": ev["accuracy"][str(cfg.T)],
-                        "skipped_steps": totals["skipped"] // ctx.world_size,  # ranks skip together "train_time_s": train_time,
+                        # ranks skip together, so each skipped step is counted world_size times
+                        "skipped_steps": totals["skipped"] // ctx.world_size,
+                        "train_time_s": train_time,
                         "samples_per_s": totals["seen"] / max(train_time, 1e-9),
                         # images through the network per second (two views: two per sample), the
                         # quantity bench_train_step.py reports as images_per_s
@@ -441,6 +573,9 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
                         out: str | None = None, batch_size: int | None = None,
                         data_root: str | None = None, backend: str | None = None) -> dict:
     """Test accuracy at T' = 1..T of a saved run; writes eval_T{T}.json/.png next to it (or in ``out``)."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise UserError(f"batch-size must be an integer >= 1, got {batch_size!r}")
     try:
         path = resolve_checkpoint(checkpoint)
         state = load_checkpoint(path)
@@ -449,11 +584,10 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
     cfg = TrainConfig.from_dict(state["config"])
     if data_root is not None:
         cfg.data_root = data_root
-    if backend is not None:
-        cfg.backend = backend
     if T is not None:
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise UserError(f"T must be an integer >= 1, got {T!r}")
+
     T = T or cfg.T
     if cfg.frames is not None and cfg.frames < T:
         cfg.frames = T
@@ -461,11 +595,26 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
         cfg.frames = T
     cfg.loss = "tcl" if cfg.loss == "stcl" else cfg.loss  # evaluation needs single views only
     dev = select_device(device)
+    if backend is not None:
+        check_backend(backend, dev)
+        cfg.backend = backend
+    elif cfg.backend not in LIF_BACKENDS:
+        raise UserError(f"--checkpoint {path!r}: its config names an unknown backend {cfg.backend!r}")
+    else:
+        try:
+            check_backend(cfg.backend, dev)
+        except UserError:  # trained on a GPU backend, evaluated where it can't run: the maths is the same
+            _say(f"note: the run used --backend {cfg.backend}, which cannot run on {dev.type} here; "
+                 "evaluating with --backend auto")
+            cfg.backend = "auto"
     bundle = build_data(cfg, augment=False)
     if bundle.time_steps is not None and bundle.time_steps < T:
         raise UserError(f"dataset gives {bundle.time_steps} frames but T={T}")
     model = build_for_config(cfg, bundle.num_classes, bundle.in_channels).to(dev)
     check_model_state(model, state["model"], f"--checkpoint {path!r}")
+    bad = first_nonfinite(state["model"], "model")
+    if bad is not None:
+        raise UserError(f"--checkpoint {path!r} holds NaN/inf values in {bad}; its accuracy would mean nothing")
     model.load_state_dict(state["model"])
     loader = DataLoader(bundle.test, batch_size=batch_size or max(cfg.batch_size, 256), shuffle=False)
     result = evaluate_latency(model, loader, T, dev, _amp_dtype(cfg.amp))
@@ -490,10 +639,16 @@ def load_run(run_dir: str) -> tuple[str, dict]:
         path = os.path.join(run_dir, LATENCY_JSON)
     if not os.path.isfile(path):
         raise UserError(f"{run_dir!r} has no {LATENCY_JSON} (is it a finished tcl-fast run?)")
-    with open(path) as f:
-        result = json.load(f)
-    if "accuracy" not in result:
-        raise UserError(f"{path!r} is not a tcl-fast latency result")
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path!r} is not valid JSON ({exc}); is the run finished and the file intact?") from None
+    try:
+        if not latency_rows(result):
+            raise ValueError("no accuracies")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise UserError(f"{path!r} is not a tcl-fast latency result (no accuracy per T')") from None
     label = result.get("label") or os.path.basename(os.path.normpath(run_dir))
     return label, result
 

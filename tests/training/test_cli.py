@@ -135,7 +135,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert torch.load(path, weights_only=True)["epoch"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
@@ -185,6 +185,7 @@ def test_compare_prints_one_table_and_one_plot(run1, tmp_path, capsys):
     (["train", "--resume", "/nonexistent/run"], "no checkpoint"),
     (["train", "--bogus"], "unrecognized arguments"),
     (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "no checkpoint"),
+    (["eval", "--checkpoint", "/nonexistent/ckpt.pt", "--batch-size", "0"], "batch-size must be an integer >= 1"),
     (["compare", "/nonexistent/run"], "no latency.json"),
 ])
 def test_user_errors_give_one_clear_message_and_exit_2(argv, message, capsys):

@@ -185,4 +185,4 @@ def test_checkpoint_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.os, "replace", replace)
     save_checkpoint({"epoch": 2}, path)
     assert events[:2] == [("fsync", 1), ("replace", True)]
-    assert torch.load(path, weights_only=True) == {"epoch": 2}
+    assert torch.load(path, weights_only=True)["epoch"] == 2

@@ -57,9 +57,13 @@ FUNCTION_CASES = {
     ("`lif_multistep`", "`x` of integer or complex dtype"): _lif(x=torch.ones(3, 4, dtype=torch.int32)),
     ("`lif_multistep`", "`tau` ≤ 0"): _lif(tau=0.0),
     ("`lif_multistep`", "`tau` < 1"): _lif(tau=0.5),
+    ("`lif_multistep`", "`tau` tensor outside [1, inf), or NaN"): _lif(tau=torch.tensor(0.5)),
+    ("`lif_multistep`", "`tau` = inf (no leak) with decay_input=True"): _lif(tau=float("inf")),
+    ("`lif_multistep`", "`decay` outside (0, 1], float or tensor"): _lif(decay=torch.tensor(2.0)),
     ("`lif_multistep`", "`v_threshold` ≤ v_reset"): _lif(v_threshold=0.0),
     ("`lif_multistep`", "`surrogate` unknown"): _lif(surrogate="relu"),
     ("`lif_multistep`", "`alpha` ≤ 0"): _lif(alpha=0.0),
+    ("`lif_multistep`", "`alpha` below 1e-6"): _lif(surrogate="triangle", alpha=1e-30),
     ("`lif_multistep`", "`backend` unknown"): _lif(backend="gpu"),
     ("`lif_multistep`", "`v0` of the wrong shape"): lambda: tcl_fast.lif_multistep(torch.ones(3, 4), torch.ones(5)),
     ("`lif_multistep`", "`v0` of another dtype"):
@@ -111,6 +115,56 @@ def _truncated(good_run, tmp):
     return str(p)
 
 
+def _edited(good_run, tmp, edit, save=None):
+    """A copy of the good run's checkpoint with ``edit(state)`` applied."""
+    from tcl_fast.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(good_run)
+    edit(state)
+    p = str(tmp / "edited.pt")
+    (save or save_checkpoint)(state, p)
+    return p
+
+
+def _flipped(good_run, tmp):
+    import zipfile
+
+    p = tmp / "flipped.pt"
+    data = bytearray((Path(good_run) / "checkpoint.pt").read_bytes())
+    with zipfile.ZipFile(Path(good_run) / "checkpoint.pt") as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    h = info.header_offset
+    start = h + 30 + int.from_bytes(data[h + 26:h + 28], "little") + int.from_bytes(data[h + 28:h + 30], "little")
+    for i in range(start + 8, start + 58):
+        data[i] ^= 0xFF
+    p.write_bytes(bytes(data))
+    return str(p)
+
+
+def _nan_weight(state):
+    next(iter(state["model"].values())).view(-1)[0] = float("nan")
+
+
+def _busy(tmp):
+    from tcl_fast.training.checkpoint import RunLock
+
+    _HELD.append(RunLock(str(tmp / "busy")).acquire())  # held by this process until the test ends
+    return str(tmp / "busy")
+
+
+def _no_network(m):
+    import urllib.error
+    import urllib.request
+
+    def refuse(*a, **k):
+        raise urllib.error.URLError("no network (test)")
+
+    m.setattr(urllib.request, "urlopen", refuse)
+
+
+_HELD: list = []
+
+
 def _foreign(good_run, tmp):
     from tcl_fast.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -142,6 +196,40 @@ CLI_CASES = {
     ("`tcl-fast train`", "`--resume` of another model's checkpoint"):
         lambda g, t, m: ["train", "--resume", _foreign(g, t), "--out", str(t / "r")],
     ("`tcl-fast eval`", "`--checkpoint` truncated"): lambda g, t, m: ["eval", "--checkpoint", _truncated(g, t)],
+    ("`tcl-fast train`", "`--resume` of a checkpoint with flipped bytes"):
+        lambda g, t, m: ["train", "--resume", _flipped(g, t)],
+    ("`tcl-fast train`", "`--resume` of a checkpoint with NaN/inf weights or optimizer state"):
+        lambda g, t, m: ["train", "--resume", _edited(g, t, _nan_weight), "--epochs", "2"],
+    ("`tcl-fast train`", "`--resume` of a checkpoint without `epoch`"):
+        lambda g, t, m: ["train", "--resume", _edited(g, t, lambda s: s.pop("epoch"))],
+    ("`tcl-fast train`", "`--resume` of a checkpoint without `rng`"):
+        lambda g, t, m: ["train", "--resume", _edited(g, t, lambda s: s.pop("rng")), "--epochs", "2"],
+    ("`tcl-fast train`", "`--resume` of a checkpoint whose `config` is a list"):
+        lambda g, t, m: ["train", "--resume", _edited(g, t, lambda s: s.update(config=[1, 2]))],
+    ("`tcl-fast train`", "`--out` that another live run or resume holds"):
+        lambda g, t, m: ["train", "--out", _busy(t), "--overwrite", "--no-progress"],
+    ("`tcl-fast train`", "`--out` that is an existing file"):
+        lambda g, t, m: ((t / "f").write_text("x"), ["train", "--out", str(t / "f")])[1],
+    ("`tcl-fast train`", "`--seed` outside [0, 2³² − 1]"):
+        lambda g, t, m: ["train", "--seed", "99999999999999999999"],
+    ("`tcl-fast train`", "`--device` that is no device name (cuda:abc)"):
+        lambda g, t, m: ["train", "--out", str(t / "r"), "--device", "cuda:abc"],
+    ("`tcl-fast train`", "`--device` mps without an Apple GPU"):
+        lambda g, t, m: ["train", "--out", str(t / "r"), "--device", "mps"],
+    ("`tcl-fast train`", "`--backend` cuda on a CPU device"):
+        lambda g, t, m: ["train", "--out", str(t / "r"), "--device", "cpu", "--backend", "cuda"],
+    ("`tcl-fast train`", "`--backend` triton without a GPU"):
+        lambda g, t, m: (m.setattr(tcl_fast._extension, "_HAS_TRITON", torch.cuda.is_available()),
+                         ["train", "--out", str(t / "r"), "--device", "cpu", "--backend", "triton"])[1],
+    ("`tcl-fast train`", "`--momentum` ≥ 1"): lambda g, t, m: ["train", "--optimizer", "sgd", "--momentum", "5"],
+    ("`tcl-fast train`", "`--download` without a network"):
+        lambda g, t, m: (_no_network(m), ["train", "--dataset", "cifar10", "--data-root", str(t / "c"),
+                                          "--download", "--out", str(t / "r")])[1],
+    ("`tcl-fast eval`", "`--checkpoint` with flipped bytes"):
+        lambda g, t, m: ["eval", "--checkpoint", _flipped(g, t)],
+    ("`tcl-fast eval`", "`--batch-size` < 1"): lambda g, t, m: ["eval", "--checkpoint", g, "--batch-size", "-3"],
+    ("`tcl-fast compare`", "`latency.json` of a run folder malformed or empty"):
+        lambda g, t, m: ((t / "latency.json").write_text(""), ["compare", str(t)])[1],
 }
 
 ROWS = _table()

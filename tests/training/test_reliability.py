@@ -116,7 +116,8 @@ def test_nonfinite_flag():
     assert bool(trainer.nonfinite_flag(loss, [g[0], torch.tensor([0.0, float("nan")])]))
     assert bool(trainer.nonfinite_flag(loss, [torch.tensor([float("-inf")])]))
     assert bool(trainer.nonfinite_flag(torch.tensor(float("inf")), g))
-    assert not bool(trainer.nonfinite_flag(loss, [torch.full((4,), 3e38)]))  # large is not infinite
+    assert not bool(trainer.nonfinite_flag(loss, [torch.full((4,), 1e30)]))  # large is not infinite
+    assert bool(trainer.nonfinite_flag(loss, [torch.tensor([float("inf"), float("-inf")])]))
 
 
 # --- 2. checkpoint integrity ------------------------------------------------------------------

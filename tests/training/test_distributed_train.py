@@ -89,8 +89,8 @@ def test_two_rank_training_writes_one_log_and_one_checkpoint(tmp_path, entry, re
         out = tmp_path / "run"
         r = _torchrun([*entry, "--out", str(out), *QUICK])
     assert r.returncode == 0, r.stderr[-4000:]
-    # Rank 0 alone writes: one of each file, no leftovers from another rank.
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "latency.json", "latency.png",
+    # Rank 0 alone writes: one of each file (and the run-folder lock), no leftovers from another rank.
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.pt", "config.json", "latency.json", "latency.png",
                                        "log.jsonl", "metrics.csv"]
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]

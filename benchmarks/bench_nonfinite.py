@@ -9,8 +9,8 @@ of the step. The target is <= 1%.
     python benchmarks/bench_nonfinite.py                  # digits default + ResNet-19, CPU
     python benchmarks/bench_nonfinite.py --models small --out /tmp/nf.json
 
-Writes JSON to --out, or benchmarks/results/nonfinite_<device>.json, and
-refuses to overwrite an existing file unless --force.
+Writes JSON to --out, or benchmarks/results/local/nonfinite_<device>.json (git
+ignores it), and refuses to overwrite an existing file unless --force.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # first: puts this checkout's tcl_fast on the path
 from bench_lif import device_name, write_results  # noqa: E402
 
 from tcl_fast.models import build_model  # noqa: E402
@@ -92,8 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"nonfinite_{device.type}.json")
+    out = _common.output_path(args.out, f"nonfinite_{device.type}.json")
     if os.path.exists(out) and not args.force:
         print(f"error: {out} exists; pass --force to overwrite it or --out elsewhere", file=sys.stderr)
         return 2

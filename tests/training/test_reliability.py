@@ -22,7 +22,7 @@ from tcl_fast.training.checkpoint import HASH_KEY, load_checkpoint, save_checkpo
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--limit-batches", "3", "--batch-size", "16", "--no-progress", "--backend", "torch"]
-TIMING = {"train_time_s", "samples_per_s"}
+TIMING = {"train_time_s", "samples_per_s", "images_per_s"}
 
 
 def _history(out):
@@ -213,7 +213,7 @@ def test_second_run_on_a_busy_folder_exits_2_and_the_first_finishes_intact(tmp_p
 
 # --- 5. log columns ---------------------------------------------------------------------------
 COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "skipped_steps",
-           "train_time_s", "samples_per_s"]
+           "train_time_s", "samples_per_s", "images_per_s"]
 
 
 def test_every_documented_column_is_in_the_log_and_the_csv(good_run):

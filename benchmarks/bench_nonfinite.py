@@ -26,7 +26,7 @@ import _common  # first: puts this checkout's tcl_fast on the path
 from bench_lif import device_name, write_results  # noqa: E402
 
 from tcl_fast.models import build_model  # noqa: E402
-from tcl_fast.objectives import build_objective  # noqa: E402
+from tcl_fast.training.objectives import build_objective  # noqa: E402
 from tcl_fast.training import trainer  # noqa: E402
 from tcl_fast.training.config import TrainConfig  # noqa: E402
 

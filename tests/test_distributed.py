@@ -1,4 +1,4 @@
-"""tcl_fast.distributed on CPU: 2 gloo processes on 127.0.0.1 vs one process.
+"""tcl_fast.training.distributed on CPU: 2 gloo processes on 127.0.0.1 vs one process.
 
 The parent launches this file as a script twice with torchrun's environment
 (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); each worker runs every
@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from tcl_fast.distributed import (
+from tcl_fast.training.distributed import (
     DistContext,
     all_gather_with_grad,
     build_sampler,
@@ -104,9 +104,10 @@ def _digits_batch(b: int, view: int = 0) -> torch.Tensor:
 
 def _objective_step(model, name: str, x, xb, y) -> torch.Tensor:
     from tcl_fast.models import SNNOutput
-    from tcl_fast.objectives import build_objective
+    from tcl_fast.training.objectives import build_objective
 
-    obj = build_objective(name, lam=0.5, temperature=0.5, ce_mode="tet")
+    # The trainer hands the objective the global gather (global negatives).
+    obj = build_objective(name, lam=0.5, temperature=0.5, ce_mode="tet", gather=gather_for_contrast)
     if name == "stcl":
         out = model(torch.cat([x, xb], 1), T=T)
         b = x.shape[1]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tcl_fast.models import SNNOutput, build_model
-from tcl_fast.objectives import LOSSES, Objective, build_objective, mean_ce, per_step_ce
+from tcl_fast.training.objectives import LOSSES, Objective, build_objective, mean_ce, per_step_ce
 
 T, B, K = 3, 4, 5
 
@@ -69,12 +69,12 @@ def test_tcl_adds_lambda_times_contrastive_term():
 
     logits, feats = torch.randn(T, B, K), torch.randn(T, B, 8)
     y = torch.tensor([0, 4, 2, 2])
-    loss, _ = Objective("tcl", lam=0.7, temperature=0.2)(SNNOutput(logits, feats), y)
+    loss, _ = Objective("tcl", lam=0.7, temperature=0.2, ce_mode="mean")(SNNOutput(logits, feats), y)
     torch.testing.assert_close(loss, mean_ce(logits, y) + 0.7 * tcl_loss(feats, y, temperature=0.2))
     a, b = SNNOutput(logits, feats), SNNOutput(logits.flip(0), feats.flip(0))
-    loss, parts = Objective("stcl", lam=2.0)((a, b), y)
+    loss, parts = Objective("stcl", lam=2.0, ce_mode="mean")((a, b), y)
     ce = 0.5 * (mean_ce(a.logits, y) + mean_ce(b.logits, y))
-    torch.testing.assert_close(loss, ce + 2.0 * stcl_loss(a.features, b.features, y, temperature=0.1))
+    torch.testing.assert_close(loss, ce + 2.0 * stcl_loss(a.features, b.features, y))  # one default temperature
     assert set(parts) == {"ce", "stcl"}
 
 

@@ -17,9 +17,9 @@ import torch
 import tcl_fast
 from tcl_fast.cli import main
 from tcl_fast.data import build_datasets
-from tcl_fast.distributed import gather_for_contrast
+from tcl_fast.training.distributed import gather_for_contrast
 from tcl_fast.models import build_model
-from tcl_fast.objectives import build_objective
+from tcl_fast.training.objectives import build_objective
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
 START, END = "<!-- validation-table:start -->", "<!-- validation-table:end -->"
@@ -88,7 +88,7 @@ FUNCTION_CASES = {
     ("`build_datasets`", "`data_root` without the dataset's files"): "empty_dir",
     ("`build_objective`", "`name` unknown"): lambda: build_objective("focal"),
     ("`build_objective`", "`temperature` ≤ 0"): lambda: build_objective("tcl", temperature=0.0),
-    ("`build_objective`", "`contrast` not global/local"): lambda: build_objective("tcl", contrast="all"),
+    ("`build_objective`", "`gather` not a function"): lambda: build_objective("tcl", gather="all"),
     ("`gather_for_contrast`", "`features` not 3-D"): lambda: gather_for_contrast(torch.zeros(2, 3), torch.zeros(3)),
     ("`gather_for_contrast`", "`labels` of the wrong length"):
         lambda: gather_for_contrast(torch.zeros(2, 3, 4), torch.zeros(4)),

@@ -15,6 +15,7 @@ from torch import nn
 
 from tcl_fast.ops.supcon import (
     BACKENDS,
+    DEFAULT_TEMPERATURE,
     check_labels,
     check_temperature,
     supcon_loss,
@@ -39,7 +40,7 @@ def _check_time_features(name: str, features) -> None:
 def tcl_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
-    temperature: float = 0.1,
+    temperature: float = DEFAULT_TEMPERATURE,
     base_temperature: float | None = None,
     *,
     normalize: bool = True,
@@ -64,7 +65,7 @@ def stcl_loss(
     features_a: torch.Tensor,
     features_b: torch.Tensor,
     labels: torch.Tensor,
-    temperature: float = 0.1,
+    temperature: float = DEFAULT_TEMPERATURE,
     base_temperature: float | None = None,
     *,
     normalize: bool = True,
@@ -101,7 +102,7 @@ def stcl_loss(
 
 
 class _ContrastiveLossBase(nn.Module):
-    def __init__(self, temperature: float = 0.1, base_temperature: float | None = None,
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, base_temperature: float | None = None,
                  normalize: bool = True, backend: str = "auto") -> None:
         super().__init__()
         self.temperature = check_temperature("temperature", temperature)

@@ -25,7 +25,7 @@ import torch
 
 from tcl_fast import _extension
 from tcl_fast.ops.supcon_blocked import default_block_rows, supcon_lse_blocked
-from tcl_fast.ops.supcon_reference import normalize_rows, supcon_loss_reference
+from tcl_fast.ops.supcon_reference import DEFAULT_TEMPERATURE, normalize_rows, supcon_loss_reference
 
 BACKENDS = ("auto", "triton", "blocked", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -180,7 +180,7 @@ def _fused_supcon(z, labels, temperature, base_temperature, normalize, backend, 
 def supcon_loss(
     z: torch.Tensor,
     labels: torch.Tensor,
-    temperature: float = 0.1,
+    temperature: float = DEFAULT_TEMPERATURE,
     base_temperature: float | None = None,
     normalize: bool = True,
     *,

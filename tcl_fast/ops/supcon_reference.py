@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tcl_fast.defaults import TEMPERATURE as DEFAULT_TEMPERATURE
+
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """``F.normalize(x, dim=1)`` that also holds for rows whose squared norm leaves the dtype.
@@ -25,7 +27,7 @@ def normalize_rows(x: torch.Tensor) -> torch.Tensor:
 def supcon_loss_reference(
     z: torch.Tensor,
     labels: torch.Tensor,
-    temperature: float = 0.1,
+    temperature: float = DEFAULT_TEMPERATURE,
     base_temperature: float | None = None,
     normalize: bool = True,
     compute_dtype: torch.dtype | None = None,

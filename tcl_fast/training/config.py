@@ -5,10 +5,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
+from tcl_fast import defaults
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "none")
 AMP_MODES = ("none", "bf16", "fp16")
 LIF_BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
+CONTRAST_MODES = ("global", "local")  # torchrun: every rank's samples, or only this rank's
 _DEFAULT_LR = {"sgd": 0.1, "adam": 5e-3, "adamw": 1e-3}
 _DEFAULT_WD = {"sgd": 5e-4, "adam": 0.0, "adamw": 1e-2}
 SEED_MAX = 2**32 - 1  # NumPy's limit; Python and torch seeds take any such value too
@@ -34,11 +37,11 @@ class TrainConfig:
     download: bool = False
     model: str = "small"
     loss: str = "tcl"
-    ce_mode: str = "tet"
+    ce_mode: str = defaults.CE_MODE
     T: int = 4
     frames: int | None = None  # event datasets: frames per sample (default: T)
-    lam: float = 0.1
-    temperature: float = 0.5
+    lam: float = defaults.LAMBDA
+    temperature: float = defaults.TEMPERATURE
     proj_dim: int = 32
     lambda_mse: float = 0.0
     phi: float = 1.0
@@ -101,7 +104,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from tcl_fast.data import DATASETS
         from tcl_fast.models import MODELS
-        from tcl_fast.objectives import CE_MODES, CONTRAST_MODES, LOSSES
+        from tcl_fast.training.objectives import CE_MODES, LOSSES
 
         def choice(name, value, options):
             if value not in options:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 import tcl_fast
 from tcl_fast.models import SNNOutput, build_model
-from tcl_fast.objectives import Objective, build_objective
+from tcl_fast.training.objectives import Objective, build_objective
 from tcl_fast.training.checkpoint import (CHECKPOINT_NAME, RunFolderBusy, RunLock, first_nonfinite,
                                           load_checkpoint, remove_stale_temp_files, resolve_checkpoint,
                                           rng_state, save_checkpoint, set_rng_state)
@@ -257,7 +257,7 @@ def check_model_state(model: torch.nn.Module, state_dict, what: str) -> None:
 
 def _init_context(cfg: TrainConfig):
     """Single process, or this process's place in a torchrun job (checks that need the world size first)."""
-    from tcl_fast import distributed as tdist
+    from tcl_fast.training import distributed as tdist
 
     raw = os.environ.get("WORLD_SIZE", "1") or "1"
     try:
@@ -362,7 +362,7 @@ def _lock_run_folder(out: str, ctx) -> RunLock | None:
 def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, resume: str | None) -> RunResult:
     from torch.utils.data import Subset
 
-    from tcl_fast import distributed as tdist
+    from tcl_fast.training import distributed as tdist
 
     device = ctx.device
     main = ctx.is_main
@@ -376,7 +376,8 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
     if state is not None:  # validate before anything is loaded or wrapped
         check_model_state(model, state["model"], f"--resume checkpoint {resume!r}")
     objective = build_objective(cfg.loss, lam=cfg.lam, temperature=cfg.temperature, ce_mode=cfg.ce_mode,
-                                lambda_mse=cfg.lambda_mse, phi=cfg.phi, contrast=cfg.contrast)
+                                lambda_mse=cfg.lambda_mse, phi=cfg.phi,
+                                gather=tdist.gather_for_contrast if cfg.contrast == "global" else None)
     if ctx.distributed:
         # Same initial weights (seeded above), different augmentation draws per rank.
         seed_everything((cfg.seed + 7919 * ctx.rank) % 2**32)

@@ -12,7 +12,7 @@ from tcl_fast.cli import main
 from tcl_fast.losses import tcl_loss
 from tcl_fast.models import build_model
 from tcl_fast.nn import LIFMultiStep
-from tcl_fast.objectives import build_objective
+from tcl_fast.training.objectives import build_objective
 from tcl_fast.training.checkpoint import load_checkpoint
 
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason="C++ extension not built")

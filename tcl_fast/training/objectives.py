@@ -14,18 +14,19 @@ An objective takes the model output(s) and the labels and returns
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from tcl_fast.distributed import gather_for_contrast
 from tcl_fast.losses import stcl_loss, tcl_loss
+from tcl_fast import defaults
 from tcl_fast.models import SNNOutput
 
 LOSSES = ("ce", "tet", "tcl", "stcl")
 CE_MODES = ("mean", "tet")
-CONTRAST_MODES = ("global", "local")
+Gather = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -70,21 +71,24 @@ class Objective:
     """
 
     name: str = "tcl"
-    lam: float = 1.0
-    temperature: float = 0.1
-    ce_mode: str = "mean"
+    lam: float = defaults.LAMBDA
+    temperature: float = defaults.TEMPERATURE
+    ce_mode: str = defaults.CE_MODE
     lambda_mse: float = 0.0
     phi: float = 1.0
-    # "global": under torchrun the contrastive term sees every rank's samples; "local": only this rank's.
-    contrast: str = "global"
+    # (features [T, B, D], labels [B]) -> the batch the contrastive term sees; the trainer
+    # hands in tcl_fast.training.distributed.gather_for_contrast to contrast against every
+    # rank's samples under torchrun. None: this batch as it is.
+    gather: Gather | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.name not in LOSSES:
             raise ValueError(f"unknown loss name {self.name!r}; choose one of {', '.join(LOSSES)}")
         if self.ce_mode not in CE_MODES:
             raise ValueError(f"ce_mode must be one of {', '.join(CE_MODES)}, got {self.ce_mode!r}")
-        if self.contrast not in CONTRAST_MODES:
-            raise ValueError(f"contrast must be one of {', '.join(CONTRAST_MODES)}, got {self.contrast!r}")
+        if self.gather is not None and not callable(self.gather):
+            raise TypeError(f"gather must be a function (features, labels) -> (features, labels), "
+                            f"got {type(self.gather).__name__}")
         _check_number("lambda", self.lam)
         _check_number("temperature", self.temperature, positive=True)
         _check_number("lambda_mse", self.lambda_mse)
@@ -94,6 +98,9 @@ class Objective:
     @property
     def two_views(self) -> bool:
         return self.name == "stcl"
+
+    def _gather(self, features: torch.Tensor, labels: torch.Tensor):
+        return (features, labels) if self.gather is None else self.gather(features, labels)
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return per_step_ce(logits, labels) if self.ce_mode == "tet" else mean_ce(logits, labels)
@@ -107,8 +114,7 @@ class Objective:
             ce = 0.5 * (self._ce(a.logits, labels) + self._ce(b.logits, labels))  # CE: local labels
             # Gather both views in one call ([2T, B, D] along B) so they keep the same rank order.
             T = a.features.shape[0]
-            both, glabels = gather_for_contrast(torch.cat([a.features.float(), b.features.float()], 0), labels,
-                                                local_only=self.contrast == "local")
+            both, glabels = self._gather(torch.cat([a.features.float(), b.features.float()], 0), labels)
             con = stcl_loss(both[:T], both[T:], glabels, temperature=self.temperature)
             return ce + self.lam * con, {"ce": ce.detach(), "stcl": con.detach()}
         if not isinstance(outputs, SNNOutput):
@@ -119,14 +125,15 @@ class Objective:
         if self.name == "tet":
             return tet_loss(outputs.logits, labels, self.lambda_mse, self.phi)
         ce = self._ce(outputs.logits, labels)
-        feats, glabels = gather_for_contrast(outputs.features.float(), labels, local_only=self.contrast == "local")
+        feats, glabels = self._gather(outputs.features.float(), labels)
         con = tcl_loss(feats, glabels, temperature=self.temperature)
         return ce + self.lam * con, {"ce": ce.detach(), "tcl": con.detach()}
 
 
-def build_objective(name: str, *, lam: float = 1.0, temperature: float = 0.1, ce_mode: str = "mean",
-                    lambda_mse: float = 0.0, phi: float = 1.0, contrast: str = "global") -> Objective:
-    return Objective(name, lam, temperature, ce_mode, lambda_mse, phi, contrast)
+def build_objective(name: str, *, lam: float = defaults.LAMBDA, temperature: float = defaults.TEMPERATURE,
+                    ce_mode: str = defaults.CE_MODE, lambda_mse: float = 0.0, phi: float = 1.0,
+                    gather: Gather | None = None) -> Objective:
+    return Objective(name, lam, temperature, ce_mode, lambda_mse, phi, gather)
 
 
-__all__ = ["LOSSES", "CE_MODES", "CONTRAST_MODES", "Objective", "build_objective", "mean_ce", "per_step_ce", "tet_loss"]
+__all__ = ["LOSSES", "CE_MODES", "Objective", "build_objective", "mean_ce", "per_step_ce", "tet_loss"]

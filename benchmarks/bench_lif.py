@@ -85,7 +85,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = _common.cpu_model()
-    # Which build of the C++ kernels runs (avx512, avx2 or baseline; TCL_FAST_CPU_ISA caps it).
+    # Which build of the C++ kernels runs (avx512, avx2 or baseline; the cpu_isa tuning knob caps it).
     isa = f", {torch.ops.tcl_fast._cpu_isa()} kernels" if _extension.has_cpp() else ""
     return f"{model} ({torch.get_num_threads()} threads{isa})"
 
@@ -214,31 +214,21 @@ def spikingjelly_backends(device: torch.device, dtype: torch.dtype) -> dict:
 _SJ_REPORTED: set = set()
 
 
-# The same kernels under other settings, timed side by side. The variables are
-# set around the whole call (forward and backward) and read at every call
-# (csrc/lif_cuda_kernels.cuh, lif_threads.h, lif_cpu_kernels.h): CUDA with one
-# neuron per thread, or at most 2 per backward thread; C++ with 128-neuron
-# groups only (no wide groups for large N), or wide groups at any T.
-BACKEND_ENV = {"cuda-unpacked": ("cuda", {"TCL_FAST_CUDA_PACKED": "0"}),
-               "cuda-bwd2": ("cuda", {"TCL_FAST_CUDA_BWD_LANES": "2"}),
-               "cpp-narrow": ("cpp", {"TCL_FAST_CPU_GROUPS": "narrow"}),
-               "cpp-wide": ("cpp", {"TCL_FAST_CPU_GROUPS": "wide"})}
+# The same kernels under other settings, timed side by side: tcl_fast.ops.tuning
+# knobs set around the whole call (forward and backward). CUDA with one neuron
+# per thread, or at most 2 per backward thread; C++ with 128-neuron groups only
+# (no wide groups for large N), or wide groups at any T.
+BACKEND_TUNING = {"cuda-unpacked": ("cuda", {"cuda_packed": False}),
+                  "cuda-bwd2": ("cuda", {"cuda_bwd_lanes": 2}),
+                  "cpp-narrow": ("cpp", {"cpu_groups": "narrow"}),
+                  "cpp-wide": ("cpp", {"cpu_groups": "wide"})}
 OPT_IN = {"cpp-wide"}  # timed only when --backends names them
 
 
-@contextlib.contextmanager
-def backend_env(name: str):
-    env = BACKEND_ENV.get(name, (None, {}))[1]
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def backend_tuning(name: str):
+    """The knobs of row `name` set for a with-block (none for the other rows)."""
+    knobs = BACKEND_TUNING.get(name, (None, {}))[1]
+    return tcl_fast.ops.tuning(**knobs) if knobs else contextlib.nullcontext()
 
 
 def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, plif: bool = False,
@@ -267,7 +257,7 @@ def make_backends(device: torch.device, dtype: torch.dtype, use_compile: bool, p
             if name in backends:
                 backends[name + "-op"] = lambda x: torch.ops.tcl_fast.lif_forward(
                     x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False)[0]
-    for name, (base, _) in BACKEND_ENV.items():  # the same kernels, other settings
+    for name, (base, _) in BACKEND_TUNING.items():  # the same kernels, other settings
         if base in backends:
             backends[name] = backends[base]
     backends.update(spikingjelly_backends(device, dtype))
@@ -356,13 +346,13 @@ def main(argv=None) -> int:
                 fns = {"copy": lambda nxt=cycler(): xs[nxt()].clone()}
                 for bname, fn in backends.items():
                     def forward(fn=fn, bname=bname, nxt=cycler()):
-                        with torch.no_grad(), backend_env(bname):
+                        with torch.no_grad(), backend_tuning(bname):
                             fn(xs[nxt()])
 
                     def forward_backward(fn=fn, bname=bname, nxt=cycler()):
                         i = nxt()
                         xgs[i].grad = None
-                        with backend_env(bname):
+                        with backend_tuning(bname):
                             fn(xgs[i]).backward(grads[i])
 
                     fns[(bname, "fwd")] = forward

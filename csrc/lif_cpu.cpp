@@ -2,7 +2,6 @@
 // the dtype switch; the kernels are in lif_cpu_kernels.h, compiled per dtype.
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "lif_cpu_kernels.h"
@@ -22,15 +21,7 @@ CpuIsa cpu_isa() {
 #endif
     return CpuIsa::kBaseline;
   }();
-  // Read at every call, like the CUDA launcher's switches, so a test can set it.
-  const char* cap = std::getenv("TCL_FAST_CPU_ISA");
-  if (cap == nullptr || cap[0] == '\0') return widest;
-  const std::string c(cap);
-  CpuIsa want;
-  if (c == "baseline") want = CpuIsa::kBaseline;
-  else if (c == "avx2") want = CpuIsa::kAvx2Fma;
-  else if (c == "avx512") want = CpuIsa::kAvx512;
-  else TORCH_CHECK(false, "TCL_FAST_CPU_ISA must be baseline, avx2 or avx512, got '", c, "'");
+  const CpuIsa want = tuning().cpu_isa.load(std::memory_order_relaxed);
   return static_cast<int>(want) < static_cast<int>(widest) ? want : widest;
 }
 

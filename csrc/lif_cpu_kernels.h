@@ -8,11 +8,9 @@
 
 #include <ATen/Parallel.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "lif_common.h"
 #include "lif_threads.h"
+#include "lif_tuning.h"
 
 namespace tcl_fast {
 namespace lif {
@@ -82,7 +80,7 @@ const S* optional_data_as(const std::optional<at::Tensor>& t) {
 // wide groups were slower, so T < 8 stays narrow: forward 1.25x (float32) and
 // 1.74x (bfloat16) the time, forward+backward 1.04-1.07x (bench_lif.py --T 4
 // --neurons 1048576 --dtypes float32 bfloat16 --backends cpp cpp-wide;
-// results/lif_wide_t4_cpu.json; TCL_FAST_CPU_GROUPS=wide forces them). The backward
+// results/lif_wide_t4_cpu.json; the cpu_groups knob wide forces them). The backward
 // keeps its 16-step h chunk (and dh/dk with a learnable tau) on the stack:
 // 64 KiB each.
 constexpr int kLanes = 128;  // narrow groups: small N or T, and the ends of wide ones
@@ -94,14 +92,13 @@ constexpr int64_t kWideGroupsPerThread = 4;  // fewer than this per thread: go n
 constexpr int64_t kWideMinSteps = 8;
 
 // Whether a kernel over T steps of N neurons runs wide groups of `wide`
-// neurons. TCL_FAST_CPU_GROUPS=narrow forces 128; =wide drops the T rule
-// (not the N one) so the benchmarks can time what T < 8 would give.
+// neurons. The cpu_groups knob (lif_tuning.h) narrow forces 128; wide drops
+// the T rule (not the N one) so the benchmarks can time what T < 8 would give.
 inline bool use_wide_groups(int64_t T, int64_t N, int wide) {
-  const char* v = std::getenv("TCL_FAST_CPU_GROUPS");
-  const std::string force = v != nullptr ? v : "";
-  if (force == "narrow") return false;
+  const CpuGroups groups = tuning().cpu_groups.load(std::memory_order_relaxed);
+  if (groups == CpuGroups::kNarrow) return false;
   const bool enough_neurons = N >= int64_t(wide) * kWideGroupsPerThread * at::get_num_threads();
-  return enough_neurons && (T >= kWideMinSteps || force == "wide");
+  return enough_neurons && (T >= kWideMinSteps || groups == CpuGroups::kWide);
 }
 
 // Runs f(width, g0, g1) in parallel over the groups of N neurons, width a
@@ -130,7 +127,7 @@ void parallel_over_groups(int64_t T, int64_t N, F&& f) {
 // FMA, where each fmaf would be a library call that stops the lane loop
 // vectorising, so it runs the unfused arithmetic. Hand-made versions rather
 // than target_clones because the fused / unfused choice is a template argument.
-enum class CpuIsa : int { kBaseline = 0, kAvx2Fma = 1, kAvx512 = 2 };
+// CpuIsa is in lif_tuning.h, whose cpu_isa knob caps it.
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TCL_CPU_MULTI_ISA 1
@@ -150,8 +147,8 @@ constexpr bool kBaselineHasFma = true;
 constexpr bool kBaselineHasFma = false;
 #endif
 
-// The widest ISA this CPU runs, capped by TCL_FAST_CPU_ISA (baseline, avx2,
-// avx512) so tests and benchmarks can run the narrower builds on a wide CPU.
+// The widest ISA this CPU runs, capped by the cpu_isa knob (lif_tuning.h) so
+// tests and benchmarks can run the narrower builds on a wide CPU.
 CpuIsa cpu_isa();
 
 // Calls f with std::integral_constant<CpuIsa, cpu_isa()>.

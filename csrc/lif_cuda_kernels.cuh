@@ -10,14 +10,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-
 #include <type_traits>
 
 #include "lif_cuda.h"
 #include "lif_dispatch.h"
 #include "lif_math.h"
 #include "lif_threads.h"
+#include "lif_tuning.h"
 
 namespace tcl_fast {
 namespace lif {
@@ -74,12 +73,9 @@ inline Params<float> params_of(const LaunchArgs& a) {
   return make_params<float>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
 }
 
-// TCL_FAST_CUDA_PACKED=0 forces one neuron per thread (read at every launch):
+// The cuda_packed knob (lif_tuning.h) off forces one neuron per thread:
 // bench_lif.py times both layouts side by side, and it is an escape hatch.
-inline bool packing_enabled() {
-  const char* v = std::getenv("TCL_FAST_CUDA_PACKED");
-  return v == nullptr || v[0] != '0';
-}
+inline bool packing_enabled() { return tuning().cuda_packed.load(std::memory_order_relaxed); }
 
 inline const char* last_error() {
   const cudaError_t err = cudaGetLastError();

@@ -7,11 +7,11 @@
 
 #include <stdint.h>
 
-#include <cstdlib>
 #include <initializer_list>
 #include <type_traits>
 
 #include "lif_math.h"
+#include "lif_tuning.h"
 
 namespace tcl_fast {
 namespace lif {
@@ -25,10 +25,10 @@ TCL_HD P* at_neuron(P* base, int64_t n) {
 
 // A thread runs LANES neighbouring neurons with one packed (vector) access per
 // row when the rows are aligned, else one neuron. Forward packs 16 bytes; the
-// backward packs 4 neurons: its 16-step chunk of h lives in registers.
+// backward packs kBackwardLanes (4, lif_tuning.h) neurons: its 16-step chunk
+// of h lives in registers.
 template <typename S>
 constexpr int kForwardLanes = 16 / static_cast<int>(sizeof(S));  // 4 float32, 8 float16/bfloat16
-constexpr int kBackwardLanes = 4;
 
 // Every row of a [T, N] tensor starts aligned to a packed row iff N is a
 // multiple of the lanes and each base pointer is aligned to a packed row.
@@ -47,14 +47,11 @@ template <typename S>
 inline int forward_thread_lanes(int64_t N, const void* x, const void* spikes) {
   return rows_packable(N, kForwardLanes<S>, sizeof(S), {x, spikes}) ? kForwardLanes<S> : 1;
 }
-// TCL_FAST_CUDA_BWD_LANES=2 (or 1) caps the backward's packed width, read at
-// every launch: fewer lanes, fewer registers per thread, more threads resident.
+// The cuda_bwd_lanes knob (lif_tuning.h) 2 or 1 caps the backward's packed
+// width: fewer lanes, fewer registers per thread, more threads resident.
 // bench_lif.py times the widths side by side.
 inline int backward_lanes_cap() {
-  const char* v = std::getenv("TCL_FAST_CUDA_BWD_LANES");
-  if (v == nullptr) return kBackwardLanes;
-  const int lanes = std::atoi(v);
-  return lanes == 1 || lanes == 2 ? lanes : kBackwardLanes;
+  return tuning().cuda_bwd_lanes.load(std::memory_order_relaxed);
 }
 
 // The learnable-decay gradient needs a second 16-step register buffer: that

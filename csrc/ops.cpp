@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "lif_tuning.h"
+
 extern "C" {
 // `import tcl_fast._C` loads this shared object, which runs the registrations
 // below; the module itself is empty.
@@ -47,8 +49,12 @@ TORCH_LIBRARY(tcl_fast, m) {
   m.def("pack_spikes(Tensor x) -> Tensor");
   m.def("unpack_spikes(Tensor bits, int numel, ScalarType dtype) -> Tensor");
   // Which build of the CPU kernels runs here: avx512, avx2 (with FMA) or
-  // baseline, capped by TCL_FAST_CPU_ISA. Benchmarks record it.
+  // baseline, capped by the cpu_isa tuning knob. Benchmarks record it.
   m.def("_cpu_isa() -> str", &tcl_fast::lif::cpu::cpu_isa_name);
+  // The kernels' process-wide tuning knobs (csrc/lif_tuning.h) as text, behind
+  // tcl_fast.ops.tuning(); a bad knob or value raises ValueError.
+  m.def("_get_tuning(str knob) -> str", &tcl_fast::lif::get_tuning);
+  m.def("_set_tuning(str knob, str value) -> ()", &tcl_fast::lif::set_tuning);
   // Test-only (CPU, float32): the CUDA kernels' per-thread code and thread
   // mapping (csrc/lif_threads.h) run serially, so tests without a GPU cover them.
   m.def(

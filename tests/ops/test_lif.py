@@ -80,22 +80,21 @@ def test_matches_reference_all_switches(device, surrogate, decay_input, reset, d
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("surrogate", SURROGATES)
 @pytest.mark.parametrize("reset", RESETS)
-def test_matches_reference_aligned_rows(device, packed, surrogate, reset, monkeypatch):
+def test_matches_reference_aligned_rows(device, packed, surrogate, reset):
     # Neurons a multiple of 8 and a fixed tau: the CUDA launcher packs several
-    # neurons per thread here (TCL_FAST_CUDA_PACKED=0 forces one per thread).
-    if not packed:
-        if device != "cuda":
-            pytest.skip("the packing switch is CUDA's")
-        monkeypatch.setenv("TCL_FAST_CUDA_PACKED", "0")
-    for T, with_v0 in [(1, False), (21, True), (37, False)]:
-        x = _inputs((T, 3, 64), device, seed=T)
-        v0 = _inputs((3, 64), device, seed=2) * 0.3 if with_v0 else None
-        grad_s = torch.randn(x.shape, device=device)
-        grad_v = torch.randn(x.shape[1:], device=device)
-        kw = dict(v_reset=RESETS[reset], surrogate=surrogate)
-        got = _run(FUSED[device], x, v0, 2.5, grad_s, grad_v, **kw)
-        want = _run("reference", x, v0, 2.5, grad_s, grad_v, **kw)
-        _assert_close_to_reference(got, want)
+    # neurons per thread here (the cuda_packed knob off forces one per thread).
+    if not packed and device != "cuda":
+        pytest.skip("the packing switch is CUDA's")
+    with tcl_fast.ops.tuning(cuda_packed=packed):
+        for T, with_v0 in [(1, False), (21, True), (37, False)]:
+            x = _inputs((T, 3, 64), device, seed=T)
+            v0 = _inputs((3, 64), device, seed=2) * 0.3 if with_v0 else None
+            grad_s = torch.randn(x.shape, device=device)
+            grad_v = torch.randn(x.shape[1:], device=device)
+            kw = dict(v_reset=RESETS[reset], surrogate=surrogate)
+            got = _run(FUSED[device], x, v0, 2.5, grad_s, grad_v, **kw)
+            want = _run("reference", x, v0, 2.5, grad_s, grad_v, **kw)
+            _assert_close_to_reference(got, want)
 
 
 @pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="needs a GPU and the CUDA kernels")
@@ -169,49 +168,48 @@ CPU_ISAS = ["baseline", "avx2", "avx512"]
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("surrogate", SURROGATES)
 @pytest.mark.parametrize("reset", ["hard_neg", "soft"])
-def test_every_cpu_isa_build_matches_reference(isa, surrogate, reset, monkeypatch):
+def test_every_cpu_isa_build_matches_reference(isa, surrogate, reset):
     # The CPU kernels are built per ISA; the baseline build's backward runs
-    # unfused arithmetic, the others fused multiply-adds. TCL_FAST_CPU_ISA caps
+    # unfused arithmetic, the others fused multiply-adds. The cpu_isa knob caps
     # the choice, so each build this CPU can run is checked here.
-    monkeypatch.setenv("TCL_FAST_CPU_ISA", isa)
-    ran = torch.ops.tcl_fast._cpu_isa()
-    assert ran.startswith(isa) or CPU_ISAS.index(ran.split("+")[0]) < CPU_ISAS.index(isa)
-    kw = dict(v_reset=RESETS[reset], surrogate=surrogate)
-    # 300 neurons: two full 128-lane groups and a ragged tail; T=21 crosses a chunk.
-    x = _inputs((21, 300), "cpu", seed=7)
-    v0 = _inputs((300,), "cpu", seed=8) * 0.3
-    tau = torch.tensor(2.5)
-    grad_s, grad_v = torch.randn(x.shape), torch.randn(300)
-    got = _run("cpp", x, v0, tau, grad_s, grad_v, **kw)
+    with tcl_fast.ops.tuning(cpu_isa=isa):
+        ran = torch.ops.tcl_fast._cpu_isa()
+        assert ran.startswith(isa) or CPU_ISAS.index(ran.split("+")[0]) < CPU_ISAS.index(isa)
+        kw = dict(v_reset=RESETS[reset], surrogate=surrogate)
+        # 300 neurons: two full 128-lane groups and a ragged tail; T=21 crosses a chunk.
+        x = _inputs((21, 300), "cpu", seed=7)
+        v0 = _inputs((300,), "cpu", seed=8) * 0.3
+        tau = torch.tensor(2.5)
+        grad_s, grad_v = torch.randn(x.shape), torch.randn(300)
+        got = _run("cpp", x, v0, tau, grad_s, grad_v, **kw)
     want = _run("reference", x, v0, tau, grad_s, grad_v, **kw)
     _assert_close_to_reference(got, want)
 
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("groups", ["wide", "narrow", "wide-short-T"])
-def test_wide_cpu_groups_match_reference(isa, groups, monkeypatch):
+def test_wide_cpu_groups_match_reference(isa, groups):
     # Large N runs wide groups (4096 neurons forward, 1024 backward in float32)
     # when T >= 8 and there are at least 4 per thread; the last group, cut short
     # by N, runs as 128-neuron groups and then one neuron at a time. N here:
     # enough wide groups for this machine's threads, plus 300 (two 128-groups
     # and 44 more).
-    # wide-short-T: TCL_FAST_CPU_GROUPS=wide forces wide groups at T < 8.
-    monkeypatch.setenv("TCL_FAST_CPU_ISA", isa)
-    if groups != "wide":
-        monkeypatch.setenv("TCL_FAST_CPU_GROUPS", groups.removesuffix("-short-T"))
+    # wide-short-T: the cpu_groups knob "wide" forces wide groups at T < 8.
+    knob = {"wide": "auto", "narrow": "narrow", "wide-short-T": "wide"}[groups]
     N = 4096 * 4 * torch.get_num_threads() + 300
     x = _inputs((5 if groups == "wide-short-T" else 9, N), "cpu", seed=11)
     v0 = _inputs((N,), "cpu", seed=12) * 0.3
     tau = torch.tensor(2.5)  # learnable: the backward's dh/dk buffer too
     grad_s, grad_v = torch.randn(x.shape), torch.randn(N)
     kw = dict(v_reset=-0.5, surrogate="sigmoid")
-    got = _run("cpp", x, v0, tau, grad_s, grad_v, **kw)
+    with tcl_fast.ops.tuning(cpu_isa=isa, cpu_groups=knob):
+        got = _run("cpp", x, v0, tau, grad_s, grad_v, **kw)
     want = _run("reference", x, v0, tau, grad_s, grad_v, **kw)
     _assert_close_to_reference(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype, monkeypatch):
+def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype):
     # Each neuron's arithmetic is the same whatever group it runs in (no sums
     # across neurons), so the two groupings must give identical bits, also in
     # 16-bit storage; the learnable tau's gradient is a sum, compared closely.
@@ -221,8 +219,8 @@ def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype, monkeypatch):
     g = torch.randn(x.shape).to(dtype)
     kw = dict(v_reset=None, surrogate="sigmoid")
     wide = _run("cpp", x, v0, torch.tensor(2.5), grad_s=g, **kw)
-    monkeypatch.setenv("TCL_FAST_CPU_GROUPS", "narrow")
-    narrow = _run("cpp", x, v0, torch.tensor(2.5), grad_s=g, **kw)
+    with tcl_fast.ops.tuning(cpu_groups="narrow"):
+        narrow = _run("cpp", x, v0, torch.tensor(2.5), grad_s=g, **kw)
     for key in ("spikes", "v_last", "gx", "gv0"):
         assert torch.equal(wide[key], narrow[key]), key
     torch.testing.assert_close(wide["gtau"], narrow["gtau"], atol=1e-4, rtol=1e-4)
@@ -239,12 +237,12 @@ def test_wide_cpu_groups_float64():
     torch.testing.assert_close(got["gx"], want["gx"], atol=1e-12, rtol=1e-10)
 
 
-def test_cpu_isa_cap_is_checked(monkeypatch):
-    monkeypatch.setenv("TCL_FAST_CPU_ISA", "baseline")
-    assert torch.ops.tcl_fast._cpu_isa() in ("baseline", "baseline+fma")
-    monkeypatch.setenv("TCL_FAST_CPU_ISA", "sse9")
-    with pytest.raises(RuntimeError, match="TCL_FAST_CPU_ISA must be baseline, avx2 or avx512"):
-        tcl_fast.lif_multistep(torch.ones(2, 3), backend="cpp")
+def test_cpu_isa_cap_is_checked():
+    with tcl_fast.ops.tuning(cpu_isa="baseline"):
+        assert torch.ops.tcl_fast._cpu_isa() in ("baseline", "baseline+fma")
+    with pytest.raises(ValueError, match=r"cpu_isa \(TCL_FAST_CPU_ISA\) must be one of baseline, avx2, avx512"):
+        with tcl_fast.ops.tuning(cpu_isa="sse9"):
+            pass
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import itertools
 import pytest
 import torch
 
+import tcl_fast.ops
 from tcl_fast import _extension
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES
 
@@ -112,17 +113,17 @@ def test_gpu_thread_ops_reject_other_dtypes():
                                                    *_args("sigmoid", True, True, False))
 
 
-@pytest.mark.parametrize("lanes", ["2", "1"])
-def test_backward_lanes_cap_from_env(monkeypatch, lanes):
-    # TCL_FAST_CUDA_BWD_LANES narrows the backward's packed width (bench_lif.py
+@pytest.mark.parametrize("lanes", [2, 1])
+def test_backward_lanes_cap(lanes):
+    # The cuda_bwd_lanes knob narrows the backward's packed width (bench_lif.py
     # times the widths side by side); every width must compute the same result.
-    monkeypatch.setenv("TCL_FAST_CUDA_BWD_LANES", lanes)
     args = _args("piecewise_leaky_relu", True, False, False)
     decay = torch.tensor(0.4)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(21, 64, generator=g) * 1.5 + 0.4
     v0 = torch.randn(64, generator=g) * 0.5
-    got, want = _both(x, v0, decay, args, False)
+    with tcl_fast.ops.tuning(cuda_bwd_lanes=lanes):
+        got, want = _both(x, v0, decay, args, False)
     for a, b in zip(got[:4], want[:4]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 

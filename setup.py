@@ -67,7 +67,7 @@ def _extension():
     csrc = os.path.join("csrc")
     # One translation unit per CPU dtype (mamba-style), so builds run them in parallel.
     cpu_sources = ("ops.cpp", "lif_tuning.cpp", "lif_cpu.cpp", "lif_cpu_float.cpp", "lif_cpu_double.cpp",
-                   "lif_cpu_half.cpp", "lif_cpu_bfloat16.cpp", "lif_gpu_threads_cpu.cpp",
+                   "lif_cpu_half.cpp", "lif_cpu_bfloat16.cpp", "lif_thread_mapping_test_ops.cpp",
                    "spike_pack.cpp")
     sources = [os.path.join(csrc, f) for f in cpu_sources]
     # -ffp-contract=off: no FMA contraction, so spikes match the reference bit for bit.

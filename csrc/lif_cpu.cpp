@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
   if (x.numel() == 0) return {spikes, v_last};
   const OpArgs a{v_threshold, v_reset, alpha, beta, hard_reset, decay_input, detach_reset, smooth,
                  surrogate};
-  with_kernel_storage<true>(x, "lif_forward_cpu", [&](auto tag) {
+  with_kernel_storage<Float64::kSupported>(x, "lif_forward_cpu", [&](auto tag) {
     forward_dtype<decltype(tag)>(x, v0, decay, spikes, v_last, a);
   });
   return {spikes, v_last};
@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   const OpArgs a{v_threshold, v_reset, alpha, beta, hard_reset, decay_input, detach_reset, smooth,
                  surrogate};
   bool known = true;
-  with_kernel_storage<true>(x, "lif_backward_cpu", [&](auto tag) {
+  with_kernel_storage<Float64::kSupported>(x, "lif_backward_cpu", [&](auto tag) {
     known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, out, a);
   });
   TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);

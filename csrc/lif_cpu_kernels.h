@@ -40,17 +40,22 @@ inline __attribute__((always_inline)) void store_as(BFloat16Bits& dst, float val
 }
 static_assert(sizeof(BFloat16Bits) == sizeof(at::BFloat16), "bfloat16 storage");
 
+// Whether with_kernel_storage takes float64: the CPU ops build it, the CUDA
+// thread-mapping test ops do not (the GPU kernels have no float64).
+enum class Float64 : bool { kRejected = false, kSupported = true };
+
 // Calls f with a value of the kernels' storage type for x's dtype (bfloat16:
-// BFloat16Bits, the others their own type); float64 only
-// where the caller builds it (WithDouble), else a clear error naming the op.
-template <bool WithDouble, typename F>
+// BFloat16Bits, the others their own type); float64 only where the caller
+// builds it, else a clear error naming the op.
+template <Float64 WithDouble, typename F>
 void with_kernel_storage(const at::Tensor& x, const char* name, F&& f) {
+  constexpr bool with_double = WithDouble == Float64::kSupported;
   switch (x.scalar_type()) {
     case at::kFloat: f(float{}); return;
     case at::kHalf: f(c10::Half{}); return;
     case at::kBFloat16: f(BFloat16Bits{}); return;
     case at::kDouble:
-      if constexpr (WithDouble) {
+      if constexpr (with_double) {
         f(double{});
         return;
       }
@@ -58,7 +63,7 @@ void with_kernel_storage(const at::Tensor& x, const char* name, F&& f) {
     default: break;
   }
   TORCH_CHECK(false, name, ": x must be ",
-              WithDouble ? "floating point" : "float32, float16 or bfloat16", " only, got ",
+              with_double ? "floating point" : "float32, float16 or bfloat16", " only, got ",
               x.scalar_type());
 }
 
@@ -167,34 +172,38 @@ void with_cpu_isa(F&& f) {
 // them: a lambda's body is a separate function that would not get the target.
 // Groups g0..g1 of W neurons; a group cut short by N runs as 128-neuron groups,
 // then one neuron at a time.
-template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>
+template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth>
 inline __attribute__((always_inline)) void forward_groups_body(
-    const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0, int64_t g1,
+    const S* x, const S* v0, S* spikes, S* v_last, int64_t T, int64_t N, int64_t g0, int64_t g1,
     const Params<A>& p) {
+#define TCL_FORWARD_GROUP(LANES)                                                                 \
+  forward_neurons<A, SG, DecayInput, HardReset, Smooth, LANES>(x + n, at_neuron(v0, n),          \
+                                                               spikes + n, v_last + n, T, N, p)
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n = g * W;
     if (n + W <= N) {
-      forward_neurons<A, SG, DI, HR, SM, W>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
+      TCL_FORWARD_GROUP(W);
       continue;
     }
     if constexpr (W != kLanes) {
-      for (; n + kLanes <= N; n += kLanes)
-        forward_neurons<A, SG, DI, HR, SM, kLanes>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
+      for (; n + kLanes <= N; n += kLanes) TCL_FORWARD_GROUP(kLanes);
     }
-    for (; n < N; ++n)
-      forward_neurons<A, SG, DI, HR, SM, 1>(xp + n, at_neuron(v0p, n), sp + n, vp + n, T, N, p);
+    for (; n < N; ++n) TCL_FORWARD_GROUP(1);
   }
+#undef TCL_FORWARD_GROUP
 }
 
-template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG, bool Fused>
+template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth,
+          bool DecayGrad, bool Fused>
 inline __attribute__((always_inline)) void backward_groups_body(
-    const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
+    const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0, S* grad_x, S* grad_v0,
     A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
     const Params<A>& p, SurrogateRowFn<A> sg_row) {
 #define TCL_BACKWARD_GROUP(LANES)                                                                \
-  backward_neurons<A, SG, DI, HR, SM, LANES, false, DG, 1, Fused>(                              \
-      gsp + n, at_neuron(gvp, n), xp + n, at_neuron(v0p, n), gxp + n, at_neuron(gv0p, n),       \
-      at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p, sg_row)
+  backward_neurons<A, SG, DecayInput, HardReset, Smooth, LANES, false, DecayGrad, 1, Fused>(    \
+      grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,          \
+      at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p,  \
+      sg_row)
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n = g * W;
     if (n + W <= N) {
@@ -226,19 +235,22 @@ inline __attribute__((always_inline)) void surrogate_row_body(const A* h, A* sg,
     surrogate_row_body<A, SG, fused>(h, sg, n, p);                                              \
   }
 #define TCL_FORWARD_GROUPS_FOR(suffix, target)                                                   \
-  template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>                   \
-  target void forward_groups_##suffix(const S* xp, const S* v0p, S* sp, S* vp, int64_t T,       \
+  template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth> \
+  target void forward_groups_##suffix(const S* x, const S* v0, S* spikes, S* v_last, int64_t T,  \
                                       int64_t N, int64_t g0, int64_t g1, const Params<A>& p) {  \
-    forward_groups_body<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);            \
+    forward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth>(x, v0, spikes, v_last, T, N, \
+                                                                    g0, g1, p);                  \
   }
 #define TCL_BACKWARD_GROUPS_FOR(suffix, target, fused)                                           \
-  template <int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>          \
-  target void backward_groups_##suffix(const S* gsp, const S* gvp, const S* xp, const S* v0p,   \
-                                       S* gxp, S* gv0p, A* partial, A* v_chunk, int64_t T,      \
-                                       int64_t N, int64_t g0, int64_t g1, const Params<A>& p,  \
-                                       SurrogateRowFn<A> sg_row) {                              \
-    backward_groups_body<W, S, A, SG, DI, HR, SM, DG, fused>(gsp, gvp, xp, v0p, gxp, gv0p, partial, \
-                                                         v_chunk, T, N, g0, g1, p, sg_row);     \
+  template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, \
+            bool DecayGrad>                                                                      \
+  target void backward_groups_##suffix(                                                          \
+      const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0, S* grad_x,           \
+      S* grad_v0, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0,          \
+      int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row) {                               \
+    backward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad, fused>(         \
+        grad_spikes, grad_v_last, x, v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, g0, \
+        g1, p, sg_row);                                                                          \
   }
 TCL_SURROGATE_ROW_FOR(baseline, , kBaselineHasFma)
 TCL_FORWARD_GROUPS_FOR(baseline, )
@@ -272,32 +284,36 @@ SurrogateRowFn<A> surrogate_row_fn(int64_t id) {
   return fn;
 }
 
-template <CpuIsa I, int W, typename S, typename A, int SG, bool DI, bool HR, bool SM>
-void forward_groups(const S* xp, const S* v0p, S* sp, S* vp, int64_t T, int64_t N, int64_t g0,
+template <CpuIsa I, int W, typename S, typename A, int SG, bool DecayInput, bool HardReset,
+          bool Smooth>
+void forward_groups(const S* x, const S* v0, S* spikes, S* v_last, int64_t T, int64_t N, int64_t g0,
                     int64_t g1, const Params<A>& p) {
+#define TCL_FORWARD_GROUPS(suffix)                                                                \
+  forward_groups_##suffix<W, S, A, SG, DecayInput, HardReset, Smooth>(x, v0, spikes, v_last, T, N, \
+                                                                      g0, g1, p)
 #if TCL_CPU_MULTI_ISA
-  if constexpr (I == CpuIsa::kAvx512)
-    return forward_groups_avx512<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
-  if constexpr (I == CpuIsa::kAvx2Fma)
-    return forward_groups_avx2<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+  if constexpr (I == CpuIsa::kAvx512) return TCL_FORWARD_GROUPS(avx512);
+  if constexpr (I == CpuIsa::kAvx2Fma) return TCL_FORWARD_GROUPS(avx2);
 #endif
-  forward_groups_baseline<W, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+  TCL_FORWARD_GROUPS(baseline);
+#undef TCL_FORWARD_GROUPS
 }
 
-template <CpuIsa I, int W, typename S, typename A, int SG, bool DI, bool HR, bool SM, bool DG>
-void backward_groups(const S* gsp, const S* gvp, const S* xp, const S* v0p, S* gxp, S* gv0p,
-                     A* partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
-                     const Params<A>& p, SurrogateRowFn<A> sg_row) {
+template <CpuIsa I, int W, typename S, typename A, int SG, bool DecayInput, bool HardReset,
+          bool Smooth, bool DecayGrad>
+void backward_groups(const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0,
+                     S* grad_x, S* grad_v0, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N,
+                     int64_t g0, int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row) {
+#define TCL_BACKWARD_GROUPS(suffix)                                                               \
+  backward_groups_##suffix<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad>(               \
+      grad_spikes, grad_v_last, x, v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, g0, g1, \
+      p, sg_row)
 #if TCL_CPU_MULTI_ISA
-  if constexpr (I == CpuIsa::kAvx512)
-    return backward_groups_avx512<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                            v_chunk, T, N, g0, g1, p, sg_row);
-  if constexpr (I == CpuIsa::kAvx2Fma)
-    return backward_groups_avx2<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                          v_chunk, T, N, g0, g1, p, sg_row);
+  if constexpr (I == CpuIsa::kAvx512) return TCL_BACKWARD_GROUPS(avx512);
+  if constexpr (I == CpuIsa::kAvx2Fma) return TCL_BACKWARD_GROUPS(avx2);
 #endif
-  backward_groups_baseline<W, S, A, SG, DI, HR, SM, DG>(gsp, gvp, xp, v0p, gxp, gv0p, partial,
-                                                     v_chunk, T, N, g0, g1, p, sg_row);
+  TCL_BACKWARD_GROUPS(baseline);
+#undef TCL_BACKWARD_GROUPS
 }
 
 // Calls f with std::integral_constant<CpuIsa, ...>: cpu_isa() for the
@@ -309,38 +325,39 @@ void with_cpu_isa_for(F&& f) {
   else with_cpu_isa(f);
 }
 
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth>
 void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
                        at::Tensor& v_last, const Params<A>& p) {
   const int64_t T = x.size(0), N = num_neurons(x);
-  const S* xp = data_as<S>(x);
-  const S* v0p = optional_data_as<S>(v0);
-  S* sp = mutable_data_as<S>(spikes);
-  S* vp = mutable_data_as<S>(v_last);
+  const S* x_p = data_as<S>(x);
+  const S* v0_p = optional_data_as<S>(v0);
+  S* spikes_p = mutable_data_as<S>(spikes);
+  S* v_last_p = mutable_data_as<S>(v_last);
   // Smooth (test) mode: 128-neuron groups only, to build it once.
-  constexpr int kWide = SM ? kLanes : kForwardWideLanes;
+  constexpr int kWide = Smooth ? kLanes : kForwardWideLanes;
   with_cpu_isa_for<S>([&](auto isa) {
     constexpr CpuIsa I = decltype(isa)::value;
     parallel_over_groups<kWide>(T, N, [&](auto width, int64_t g0, int64_t g1) {
-      forward_groups<I, decltype(width)::value, S, A, SG, DI, HR, SM>(xp, v0p, sp, vp, T, N, g0, g1, p);
+      forward_groups<I, decltype(width)::value, S, A, SG, DecayInput, HardReset, Smooth>(
+          x_p, v0_p, spikes_p, v_last_p, T, N, g0, g1, p);
     });
   });
 }
 
 // SG: a surrogate id (smooth mode), or kSurrogateByRow with the surrogate's id
 // in surrogate_id. Returns false for an unknown surrogate id.
-template <typename S, typename A, int SG, bool DI, bool HR, bool SM>
+template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth>
 bool backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                         const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
-                        S* gv0p /* nullptr without v0 */, A* grad_decay_partial, A* v_chunk,
+                        S* grad_v0_p /* nullptr without v0 */, A* grad_decay_partial, A* v_chunk,
                         const Params<A>& p, int64_t surrogate_id) {
   const int64_t T = x.size(0), N = num_neurons(x);
-  const S* gsp = data_as<S>(grad_spikes);
-  const S* gvp = optional_data_as<S>(grad_v_last);
-  const S* xp = data_as<S>(x);
-  const S* v0p = optional_data_as<S>(v0);
-  S* gxp = mutable_data_as<S>(grad_x);
-  constexpr int kWide = SM ? kLanes : kBackwardWideLanes<A>;  // smooth: built once, as forward
+  const S* grad_spikes_p = data_as<S>(grad_spikes);
+  const S* grad_v_last_p = optional_data_as<S>(grad_v_last);
+  const S* x_p = data_as<S>(x);
+  const S* v0_p = optional_data_as<S>(v0);
+  S* grad_x_p = mutable_data_as<S>(grad_x);
+  constexpr int kWide = Smooth ? kLanes : kBackwardWideLanes<A>;  // smooth: built once, as forward
   bool known = true;
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
   with_cpu_isa_for<S>([&](auto isa) {
@@ -354,10 +371,12 @@ bool backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
       }
     }
     with_bool(grad_decay_partial != nullptr, [&](auto dg) {
-      constexpr bool DG = decltype(dg)::value;
+      constexpr bool DecayGrad = decltype(dg)::value;
       parallel_over_groups<kWide>(T, N, [&](auto width, int64_t g0, int64_t g1) {
-        backward_groups<I, decltype(width)::value, S, A, SG, DI, HR, SM, DG>(
-            gsp, gvp, xp, v0p, gxp, gv0p, grad_decay_partial, v_chunk, T, N, g0, g1, p, sg_row);
+        constexpr int W = decltype(width)::value;
+        backward_groups<I, W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad>(
+            grad_spikes_p, grad_v_last_p, x_p, v0_p, grad_x_p, grad_v0_p, grad_decay_partial,
+            v_chunk, T, N, g0, g1, p, sg_row);
       });
     });
   });
@@ -386,18 +405,19 @@ void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   p.decay = decay.data_ptr<A>()[0];
   with_bool(a.decay_input, [&](auto di) {
     with_bool(a.hard_reset, [&](auto hr) {
-      constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+      constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
       if constexpr (smooth_supported<S>()) {
         if (a.smooth) {
           const bool known = with_surrogate(a.surrogate, [&](auto sg) {
-            forward_cpu_typed<S, A, decltype(sg)::value, DI, HR, true>(x, v0, spikes, v_last, p);
+            forward_cpu_typed<S, A, decltype(sg)::value, DecayInput, HardReset, true>(
+                x, v0, spikes, v_last, p);
           });
           TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
           return;
         }
       }
       // Without smooth mode the forward does not depend on the surrogate.
-      forward_cpu_typed<S, A, kSigmoid, DI, HR, false>(x, v0, spikes, v_last, p);
+      forward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false>(x, v0, spikes, v_last, p);
     });
   });
 }
@@ -409,24 +429,26 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
   auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
   p.decay = decay.data_ptr<A>()[0];
-  A* partial = out.decay_partial_ptr<A>();
-  A* chunk = out.v_chunk_ptr<A>();
-  S* grad_v0 = static_cast<S*>(out.grad_v0_ptr());
+  A* grad_decay_partial = out.decay_partial_ptr<A>();
+  A* v_chunk = out.v_chunk_ptr<A>();
+  S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());
   bool known = true;
   with_bool(a.decay_input, [&](auto di) {
     with_bool(a.hard_reset, [&](auto hr) {
-      constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
+      constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
       if constexpr (smooth_supported<S>()) {
         if (a.smooth) {  // the surrogate's primitive fires inline: one driver per surrogate
           known = with_surrogate(a.surrogate, [&](auto sg) {
-            backward_cpu_typed<S, A, decltype(sg)::value, DI, HR, true>(
-                grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0, partial, chunk, p, a.surrogate);
+            backward_cpu_typed<S, A, decltype(sg)::value, DecayInput, HardReset, true>(
+                grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial,
+                v_chunk, p, a.surrogate);
           });
           return;
         }
       }
-      known = backward_cpu_typed<S, A, kSurrogateByRow, DI, HR, false>(
-          grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0, partial, chunk, p, a.surrogate);
+      known = backward_cpu_typed<S, A, kSurrogateByRow, DecayInput, HardReset, false>(
+          grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,
+          a.surrogate);
     });
   });
   return known;

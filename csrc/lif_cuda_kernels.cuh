@@ -40,14 +40,14 @@ static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types"
 
 constexpr int kThreads = 256;
 
-template <typename S, int LANES, bool DI, bool HR>
+template <typename S, int LANES, bool DecayInput, bool HardReset>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ spikes,
                    S* __restrict__ v_last, const float* __restrict__ decay, int64_t T, int64_t N,
                    Params<float> p) {
   p.decay = *decay;
-  forward_thread<S, LANES, DI, HR>(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
-                                   x, v0, spikes, v_last, T, N, p);
+  forward_thread<S, LANES, DecayInput, HardReset>(
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, x, v0, spikes, v_last, T, N, p);
 }
 
 // A backward thread holds a 16-step chunk of h in registers (and, with one
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads)
 // 2-lane kernels then spill nothing, the 4-lane one 8-44 bytes.
 constexpr int kBackwardMinBlocks = 2;
 
-template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
+template <typename S, int LANES, bool DecayGrad, int SG, bool DecayInput, bool HardReset>
 __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
     backward_kernel(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                     const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ grad_x,
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
                     float* __restrict__ v_chunk, const float* __restrict__ decay, int64_t T,
                     int64_t N, Params<float> p) {
   p.decay = *decay;
-  backward_thread<S, LANES, DG, SG, DI, HR>(
+  backward_thread<S, LANES, DecayGrad, SG, DecayInput, HardReset>(
       static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, grad_spikes, grad_v_last, x,
       v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, p);
 }
@@ -106,8 +106,8 @@ void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const fl
     with_bool(a.decay_input, [&](auto di) {
       with_bool(a.hard_reset, [&](auto hr) {
         constexpr int L = decltype(width)::value;
-        constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-        forward_kernel<S, L, DI, HR><<<grid_for(a.N, L), kThreads, 0, stream>>>(
+        constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+        forward_kernel<S, L, DecayInput, HardReset><<<grid_for(a.N, L), kThreads, 0, stream>>>(
             static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
             static_cast<S*>(v_last), decay, a.T, a.N, p);
       });
@@ -130,13 +130,14 @@ bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* g
       with_bool(a.decay_input, [&](auto di) {
         with_bool(a.hard_reset, [&](auto hr) {
           constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
-          constexpr bool DG = decltype(dg)::value;
-          constexpr bool DI = decltype(di)::value, HR = decltype(hr)::value;
-          backward_kernel<S, L, DG, SG, DI, HR><<<grid_for(a.N, L), kThreads, 0, stream>>>(
+          constexpr bool DecayGrad = decltype(dg)::value;
+          constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+          backward_kernel<S, L, DecayGrad, SG, DecayInput, HardReset>
+              <<<grid_for(a.N, L), kThreads, 0, stream>>>(
               static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
               static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
-              static_cast<S*>(grad_v0), DG ? grad_decay_partial : nullptr, v_chunk, decay, a.T,
-              a.N, p);
+              static_cast<S*>(grad_v0), DecayGrad ? grad_decay_partial : nullptr, v_chunk, decay,
+              a.T, a.N, p);
         });
       });
     });

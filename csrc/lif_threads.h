@@ -1,8 +1,8 @@
 // What one CUDA thread of the LIF kernels does, as host+device code, and how
 // the launcher picks the thread's width. lif_cuda_kernels.cuh launches these; the CPU
-// build runs the same thread mapping in a loop (the _lif_*_gpu_threads test
-// ops in lif_gpu_threads_cpu.cpp), so the packed row access and the neuron-to-thread
-// mapping are tested on machines without a GPU.
+// build runs the same thread mapping in a loop (the tcl_fast_testing ops in
+// lif_thread_mapping_test_ops.cpp), so the packed row access and the
+// neuron-to-thread mapping are tested on machines without a GPU.
 #pragma once
 
 #include <stdint.h>
@@ -68,8 +68,8 @@ inline int backward_thread_lanes(int64_t N, bool need_decay_grad, const void* gr
 
 // Calls f with the width the launcher picked (forward_thread_lanes /
 // backward_thread_lanes) as a compile-time constant, so the CUDA launcher and
-// its CPU run instantiate the same threads. The backward also gets DG, whether
-// that width computes the decay gradient (only one lane does).
+// its CPU run instantiate the same threads. The backward also gets DecayGrad,
+// whether that width computes the decay gradient (only one lane does).
 template <typename S, typename F>
 inline void with_forward_width(int lanes, F&& f) {
   if (lanes == kForwardLanes<S>) f(std::integral_constant<int, kForwardLanes<S>>{});
@@ -89,18 +89,19 @@ template <int LANES>
 constexpr int kForwardTimeBatch = LANES == 1 ? 8 : 4;
 constexpr int kBackwardTimeBatch = 4;
 
-template <typename S, int LANES, bool DI, bool HR>
+template <typename S, int LANES, bool DecayInput, bool HardReset>
 TCL_HD void forward_thread(int64_t thread, const S* __restrict__ x, const S* __restrict__ v0,
                            S* __restrict__ spikes, S* __restrict__ v_last, int64_t T, int64_t N,
                            const Params<float>& p) {
   const int64_t n = thread * LANES;
   if (n >= N) return;
-  forward_neurons<float, kSigmoid, DI, HR, false, LANES, (LANES > 1), kForwardTimeBatch<LANES>>(
+  forward_neurons<float, kSigmoid, DecayInput, HardReset, false, LANES, (LANES > 1),
+                  kForwardTimeBatch<LANES>>(
       x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p);
 }
 
-// DG: this instance may compute the decay gradient (LANES == 1 only).
-template <typename S, int LANES, bool DG, int SG, bool DI, bool HR>
+// DecayGrad: this instance may compute the decay gradient (LANES == 1 only).
+template <typename S, int LANES, bool DecayGrad, int SG, bool DecayInput, bool HardReset>
 TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
                             const S* __restrict__ grad_v_last, const S* __restrict__ x,
                             const S* __restrict__ v0, S* __restrict__ grad_x,
@@ -109,7 +110,8 @@ TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
                             const Params<float>& p) {
   const int64_t n = thread * LANES;
   if (n >= N) return;
-  backward_neurons<float, SG, DI, HR, false, LANES, (LANES > 1), DG, kBackwardTimeBatch>(
+  backward_neurons<float, SG, DecayInput, HardReset, false, LANES, (LANES > 1), DecayGrad,
+                   kBackwardTimeBatch>(
       grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,
       at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
 }

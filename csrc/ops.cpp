@@ -1,4 +1,5 @@
-// The tcl_fast operator library: every op is declared once here; the CPU
+// The tcl_fast operator library: every op is declared once here (the test-only
+// ops are tcl_fast_testing's, csrc/lif_thread_mapping_test_ops.cpp); the CPU
 // (lif_cpu.cpp) and CUDA (lif_cuda_ops.cpp) files register implementations per
 // dispatch key; Python registers fake kernels and autograd (tcl_fast/ops/lif.py).
 #include <Python.h>
@@ -55,16 +56,4 @@ TORCH_LIBRARY(tcl_fast, m) {
   // tcl_fast.ops.tuning(); a bad knob or value raises ValueError.
   m.def("_get_tuning(str knob) -> str", &tcl_fast::lif::get_tuning);
   m.def("_set_tuning(str knob, str value) -> ()", &tcl_fast::lif::set_tuning);
-  // Test-only (CPU, float32): the CUDA kernels' per-thread code and thread
-  // mapping (csrc/lif_threads.h) run serially, so tests without a GPU cover them.
-  m.def(
-      "_lif_forward_gpu_threads(Tensor x, Tensor? v0, Tensor decay, float v_threshold, "
-      "float v_reset, bool hard_reset, bool decay_input, bool detach_reset, int surrogate, "
-      "float alpha, float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
-  m.def(
-      "_lif_backward_gpu_threads(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
-      "Tensor decay, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
-      "bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
-      "bool need_decay_grad) "
-      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
 }

@@ -1,11 +1,12 @@
 """The CUDA kernels' per-thread code and thread mapping, run on the CPU.
 
-``tcl_fast::_lif_*_gpu_threads`` loop over the grid lif_cuda.cu would launch and
-run each thread's body (csrc/lif_threads.h) with the lanes the launcher picks:
-4 float32 or 8 16-bit neurons per thread forward (4, else 2, backward) with one
-packed row access per step when the rows are aligned, else one. Without a GPU these tests are what covers the
-packed access and the neuron-to-thread mapping; the math itself is shared with
-the CPU kernel, which tests/ops/test_lif.py checks against the reference.
+The test-only ops ``torch.ops.tcl_fast_testing.lif_*_thread_mapping`` loop over
+the grid lif_cuda.cu would launch and run each thread's body (csrc/lif_threads.h)
+with the lanes the launcher picks: 4 float32 or 8 16-bit neurons per thread
+forward (4, else 2, backward) with one packed row access per step when the rows
+are aligned, else one. Without a GPU these tests are what covers the packed
+access and the neuron-to-thread mapping; the math itself is shared with the CPU
+kernel, which tests/ops/test_lif.py checks against the reference.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES
 pytestmark = pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
 
 SURROGATE_IDS = {name: i for i, name in enumerate(SURROGATES)}
-# The test op is built for these two (csrc/lif_gpu_threads_cpu.cpp): the thread
+# The test op is built for these two (csrc/lif_thread_mapping_test_ops.cpp): the thread
 # mapping is the same for every surrogate, whose math test_lif.py checks.
 THREAD_SURROGATES = ("sigmoid", "piecewise_leaky_relu")
 
@@ -37,9 +38,9 @@ def _both(x, v0, decay, args, need_decay_grad, seed=1, with_grad_v=True):
     g = torch.Generator().manual_seed(seed)
     grad_s = torch.randn(x.shape, generator=g).to(x.dtype)
     grad_v = torch.randn(x.shape[1:], generator=g).to(x.dtype) if with_grad_v else None
-    ops = torch.ops.tcl_fast
+    testing, ops = torch.ops.tcl_fast_testing, torch.ops.tcl_fast
     out = []
-    for fwd, bwd in ((ops._lif_forward_gpu_threads, ops._lif_backward_gpu_threads),
+    for fwd, bwd in ((testing.lif_forward_thread_mapping, testing.lif_backward_thread_mapping),
                      (ops.lif_forward, ops.lif_backward)):
         spikes, v_last = fwd(x, v0, decay, *args)
         grads = bwd(grad_s, grad_v, x, v0, decay, *args, need_decay_grad)
@@ -109,8 +110,8 @@ def test_gpu_thread_mapping_16bit(dtype, surrogate):
 def test_gpu_thread_ops_reject_other_dtypes():
     x = torch.randn(3, 4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="float32, float16 or bfloat16 only"):
-        torch.ops.tcl_fast._lif_forward_gpu_threads(x, None, torch.tensor(0.5, dtype=torch.float64),
-                                                   *_args("sigmoid", True, True, False))
+        torch.ops.tcl_fast_testing.lif_forward_thread_mapping(
+            x, None, torch.tensor(0.5, dtype=torch.float64), *_args("sigmoid", True, True, False))
 
 
 @pytest.mark.parametrize("lanes", [2, 1])
@@ -132,6 +133,7 @@ def test_gpu_thread_ops_refuse_surrogates_they_are_not_built_for():
     x = torch.randn(3, 4)
     decay = torch.tensor(0.5)
     args = _args("atan", True, True, False)
-    spikes, _ = torch.ops.tcl_fast._lif_forward_gpu_threads(x, None, decay, *args)
+    spikes, _ = torch.ops.tcl_fast_testing.lif_forward_thread_mapping(x, None, decay, *args)
     with pytest.raises(RuntimeError, match="sigmoid and piecewise_leaky_relu only"):
-        torch.ops.tcl_fast._lif_backward_gpu_threads(torch.ones_like(x), None, x, None, decay, *args, False)
+        torch.ops.tcl_fast_testing.lif_backward_thread_mapping(torch.ones_like(x), None, x, None, decay,
+                                                               *args, False)

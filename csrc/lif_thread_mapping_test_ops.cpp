@@ -1,0 +1,135 @@
+// Test-only ops, in their own library (torch.ops.tcl_fast_testing): the CUDA
+// kernels' per-thread code and thread mapping (lif_threads.h) run serially on
+// the CPU, so tests without a GPU cover the packed row access and the
+// neuron-to-thread mapping. Own translation unit, so it compiles beside the kernels.
+#include <torch/library.h>
+
+#include "lif_cpu_kernels.h"
+
+namespace tcl_fast {
+namespace lif {
+namespace cpu {
+namespace {
+
+constexpr const char* kForwardOp = "tcl_fast_testing::lif_forward_thread_mapping";
+constexpr const char* kBackwardOp = "tcl_fast_testing::lif_backward_thread_mapping";
+
+// The thread mapping does not depend on the surrogate, whose math the CPU
+// kernels test for every id: build this test op for two surrogates only (a
+// smooth one, and the one with a second parameter) rather than ten, which
+// would make this test-only file the slowest of the build.
+template <typename F>
+bool with_tested_surrogate(int64_t id, F&& f) {
+  switch (id) {
+    case kSigmoid: f(std::integral_constant<int, kSigmoid>{}); return true;
+    case kPiecewiseLeakyReLU: f(std::integral_constant<int, kPiecewiseLeakyReLU>{}); return true;
+    default: return false;
+  }
+}
+
+// Same schema as lif_forward / lif_backward, float32/float16/bfloat16: every
+// "thread" of the grid lif_cuda_kernels.cuh would launch runs forward_thread /
+// backward_thread from lif_threads.h with the lanes the launcher would pick
+// (16-bit storage: 8 lanes forward, as on the GPU). Serial and slow.
+std::tuple<at::Tensor, at::Tensor> lif_forward_thread_mapping(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+    double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
+    int64_t surrogate, double alpha, double beta, bool smooth) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  TORCH_CHECK(!smooth, kForwardOp, ": no smooth mode");
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty(neuron_sizes(x), x.options());
+  auto p = make_params<float>(v_threshold, v_reset, alpha, beta, detach_reset);
+  const int64_t T = x.size(0), N = num_neurons(x);
+  with_kernel_storage<Float64::kRejected>(x, kForwardOp, [&](auto tag) {
+    using S = decltype(tag);
+    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
+    const S* x_p = data_as<S>(x);
+    const S* v0_p = optional_data_as<S>(v0);
+    S* spikes_p = mutable_data_as<S>(spikes);
+    S* v_last_p = mutable_data_as<S>(v_last);
+    const int lanes = forward_thread_lanes<S>(N, x_p, spikes_p);
+    with_forward_width<S>(lanes, [&](auto width) {
+      with_bool(decay_input, [&](auto di) {
+        with_bool(hard_reset, [&](auto hr) {
+          constexpr int L = decltype(width)::value;
+          constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+          for (int64_t t = 0; t * L < N; ++t)
+            forward_thread<S, L, DecayInput, HardReset>(t, x_p, v0_p, spikes_p, v_last_p, T, N, p);
+        });
+      });
+    });
+  });
+  return {spikes, v_last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_thread_mapping(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+    double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
+    int64_t surrogate, double alpha, double beta, bool smooth, bool need_decay_grad) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  check_backward_inputs(grad_spikes, grad_v_last, x);
+  TORCH_CHECK(!smooth, kBackwardOp, ": no smooth mode");
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
+  auto p = make_params<float>(v_threshold, v_reset, alpha, beta, detach_reset);
+  const int64_t T = x.size(0), N = num_neurons(x);
+  bool known = true;
+  with_kernel_storage<Float64::kRejected>(x, kBackwardOp, [&](auto tag) {
+    using S = decltype(tag);
+    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
+    float* grad_decay_partial = out.decay_partial_ptr<float>();
+    float* v_chunk = out.v_chunk_ptr<float>();
+    const S* grad_spikes_p = data_as<S>(grad_spikes);
+    const S* grad_v_last_p = optional_data_as<S>(grad_v_last);
+    const S* x_p = data_as<S>(x);
+    const S* v0_p = optional_data_as<S>(v0);
+    S* grad_x_p = mutable_data_as<S>(out.grad_x);
+    S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());
+    const int lanes =
+        backward_thread_lanes<S>(N, grad_decay_partial != nullptr, grad_spikes_p, x_p, grad_x_p);
+    known = with_tested_surrogate(surrogate, [&](auto sg) {
+      with_backward_width(lanes, [&](auto width, auto dg) {
+        with_bool(decay_input, [&](auto di) {
+          with_bool(hard_reset, [&](auto hr) {
+            constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
+            constexpr bool DecayGrad = decltype(dg)::value;
+            constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+            for (int64_t t = 0; t * L < N; ++t)
+              backward_thread<S, L, DecayGrad, SG, DecayInput, HardReset>(
+                  t, grad_spikes_p, grad_v_last_p, x_p, v0_p, grad_x_p, grad_v0_p,
+                  DecayGrad ? grad_decay_partial : nullptr, v_chunk, T, N, p);
+          });
+        });
+      });
+    });
+  });
+  TORCH_CHECK(known, kBackwardOp, " is built for sigmoid and piecewise_leaky_relu only, ",
+              "got surrogate id ", surrogate);
+  return out.finish(decay);
+}
+
+}  // namespace
+
+// Same schemas as tcl_fast::lif_forward / lif_backward (csrc/ops.cpp).
+TORCH_LIBRARY(tcl_fast_testing, m) {
+  m.def(
+      "lif_forward_thread_mapping(Tensor x, Tensor? v0, Tensor decay, float v_threshold, "
+      "float v_reset, bool hard_reset, bool decay_input, bool detach_reset, int surrogate, "
+      "float alpha, float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
+  m.def(
+      "lif_backward_thread_mapping(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
+      "Tensor decay, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
+      "bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
+      "bool need_decay_grad) "
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+}
+
+TORCH_LIBRARY_IMPL(tcl_fast_testing, CPU, m) {
+  m.impl("lif_forward_thread_mapping", &lif_forward_thread_mapping);
+  m.impl("lif_backward_thread_mapping", &lif_backward_thread_mapping);
+}
+
+}  // namespace cpu
+}  // namespace lif
+}  // namespace tcl_fast

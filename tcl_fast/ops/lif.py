@@ -93,10 +93,9 @@ if _extension.has_cpp():
         instead (``_lif_op``).
         """
 
-        # The old-style forward(ctx, ...): with a separate setup_context the
-        # Function took clearly more host time per call (torch 2.14; timed while
-        # writing this, not kept as a benchmark). Neither this nor torch.library's
-        # Function supports torch.func transforms.
+        # The old-style forward(ctx, ...): a separate setup_context costs more
+        # host time per call. Neither this nor torch.library's Function
+        # supports torch.func transforms.
         @staticmethod
         def forward(ctx, x, v0, decay, *params):
             output = _lif_kernel(x, v0, decay, *params)

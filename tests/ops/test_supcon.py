@@ -126,7 +126,7 @@ def test_blocked_matches_reference(case, block_rows):
 def test_blocked_float32_matches_reference():
     z, labels = _case_inputs(CASES[1], torch.float32)
     expected_loss, expected_grad = _oracle(z, labels, 0.1)
-    loss, grad = _loss_and_grad(lambda x: supcon_loss(x, labels, backend="blocked",
+    loss, grad = _loss_and_grad(lambda x: supcon_loss(x, labels, 0.1, backend="blocked",
                                                       block_rows=10), z)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss.double(), expected_loss, rtol=2e-6, atol=2e-6)
@@ -448,7 +448,7 @@ def test_compiles_with_aot_eager(backend):
         fullgraph=True,
     )
     expected_loss, expected_grad = _loss_and_grad(
-        lambda x: supcon_loss(x, labels, backend="blocked"), z
+        lambda x: supcon_loss(x, labels, 0.1, backend="blocked"), z
     )
     loss, grad = _loss_and_grad(lambda x: compiled(x, labels.to(x.device)), z, _device(backend))
     torch.testing.assert_close(loss, expected_loss)

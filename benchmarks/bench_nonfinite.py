@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                          check_share_pct=100 * t_check / t_step))
     name = device_name(device)
     print(f"finiteness check vs training step on {name}")
-    print(f"| model | T | batch | params | step (ms) | check (ms) | check / step |")
+    print("| model | T | batch | params | step (ms) | check (ms) | check / step |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['T']} | {r['batch']} | {r['params']:,} | {r['step_ms']:.2f} | "

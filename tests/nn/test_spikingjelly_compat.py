@@ -187,6 +187,9 @@ def test_v_and_v_seq_recorded_by_monitors(step_mode):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     torch.testing.assert_close(seq_o, seq_r, rtol=0, atol=1e-6)
     assert seq_o.shape == x.shape
+    assert len(vs_o) == len(vs_r) > 0  # the v_seq monitor records what SpikingJelly's records
+    for a, b in zip(vs_o, vs_r):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_store_v_seq_multi_step_is_the_fused_op():

@@ -10,21 +10,13 @@ import sys
 import pytest
 import torch
 
+from run_logs import TIMING, history as _history, strip_timing as _strip  # noqa: F401
+
 from tcl_fast.cli import main
 from tcl_fast.training import trainer
 from tcl_fast.training.checkpoint import load_checkpoint, save_checkpoint
 
 QUICK = ["--limit-batches", "3", "--batch-size", "16", "--no-progress", "--backend", "torch"]
-TIMING = {"train_time_s", "samples_per_s", "images_per_s"}
-
-
-def _history(out):
-    with open(os.path.join(out, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _strip(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,13 @@
 # the same machine is incremental), then runs the chosen stages: "tests" (the
 # CUDA/Triton tests, each logged by name), "lif" (bench_lif.py, then
 # profile_lif.py: kernel time vs the whole call, then the host time per call
-# at 1024 neurons) and "supcon" (the benchmarks).
-# Logs + JSON go to OUTDIR (at most 7 files, so a lent machine can return them
+# at 1024 neurons), "supcon" (the benchmarks) and "step" (bench_train_step.py:
+# a whole training step of ResNet-19 and SpikingJelly's zoo spiking_resnet18,
+# original vs converted, memory, images/s and the largest batch in a budget).
+# Logs + JSON go to OUTDIR (at most 8 files, so a lent machine can return them
 # all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side numbers)
 # are installed first, offline. Each stage has its own time limit (T_BUILD,
-# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_SJ seconds) so a slow stage cannot eat the later ones; by
+# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_STEP, T_SJ seconds) so a slow stage cannot eat the later ones; by
 # default the benchmarks run a lean sweep that fits a short lease
 # (SpikingJelly's own shape, 64x65536, in full).
 set -uo pipefail
@@ -29,7 +31,7 @@ OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TCL_FAST_EXPECT_CUDA_KERNELS=1
 T_TESTS=${T_TESTS:-240} T_LIF=${T_LIF:-200} T_SUPCON=${T_SUPCON:-100}
-STAGES=" ${STAGES:-tests lif supcon} "
+STAGES=" ${STAGES:-tests lif supcon step} "
 wants() { [[ "$STAGES" == *" $1 "* ]]; }
 status=0
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
@@ -101,6 +103,13 @@ stage bench_supcon | tee -a "$LOG"
 if [ -n "${FULL:-}" ]; then SC_ARGS=(); else
   read -r -a SC_ARGS <<< "${SUPCON_ARGS:---sizes 16384 65536 --dims 128 --dtypes bfloat16 --methods naive fused matmul}"; fi
 timeout "$T_SUPCON" python benchmarks/bench_supcon.py --device cuda "${SC_ARGS[@]}" --out "$OUT/supcon_cuda.json" 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if wants step; then
+stage bench_train_step | tee -a "$LOG"
+read -r -a STEP_ARGS <<< "${STEP_ARGS:---models resnet19 sj_resnet18 --T 6 --batch 32 --time-T 6 --repeats 5 --budget-gib 16 --budget-T 6}"
+timeout "${T_STEP:-150}" python benchmarks/bench_train_step.py --device cuda "${STEP_ARGS[@]}" --out "$OUT/train_step_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -27,7 +27,7 @@ print(f"{'dtype':>9} {'op':>9} {'surrogate':>22} {'old ms':>7} {'new ms':>7} {'n
 for key in new:
     n = statistics.median(new[key])
     o = statistics.median(old[key]) if key in old else None
-    print(f"{key[0]:>9} {key[1]:>9} {key[2]:>22} {o if o is None else round(o, 2):>7} {n:7.2f} "
+    print(f"{key[0]:>9} {key[1]:>9} {key[2]:>22} {'-' if o is None else format(o, '.2f'):>7} {n:7.2f} "
           f"{'-' if o is None else format(n / o, '.2f'):>7}")
 json.dump({"old": {"|".join(k): v for k, v in old.items()}, "new": {"|".join(k): v for k, v in new.items()}},
           open(f"{out}/summary.json", "w"), indent=1)

@@ -222,8 +222,10 @@ inline __attribute__((always_inline)) void backward_groups_body(
 // built once per surrogate; the backward drivers call it through a pointer
 // (SG = kSurrogateByRow, lif_math.h).
 template <typename A, int SG, bool Fused>
-inline __attribute__((always_inline)) void surrogate_row_body(const A* h, A* sg, int n,
-                                                               const Params<A>& p) {
+inline __attribute__((always_inline)) void surrogate_row_body(const A* __restrict__ h,
+                                                               A* __restrict__ sg, int n,
+                                                               const Params<A>& params) {
+  const Params<A> p = params;  // a local copy: the stores to sg cannot alias it
   TCL_SIMD
   for (int l = 0; l < n; ++l) sg[l] = surrogate_grad<A, SG, Fused>(h[l], p);
 }
@@ -445,6 +447,15 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
           });
           return;
         }
+      }
+      // The default surrogate (SpikingJelly's too) keeps its math inline in the
+      // driver: through the row function its backward took 1.1-1.2x the time
+      // (benchmarks/ab_lif_backward.sh). The others share one driver.
+      if (a.surrogate == kSigmoid) {
+        known = backward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false>(
+            grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,
+            a.surrogate);
+        return;
       }
       known = backward_cpu_typed<S, A, kSurrogateByRow, DecayInput, HardReset, false>(
           grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,

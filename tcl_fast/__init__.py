@@ -25,6 +25,7 @@ _LAZY = {
     "mark_spikes": "tcl_fast.ops.pack",
     "SavedTensorCounter": "tcl_fast.ops.pack",
     "lif_multistep": "tcl_fast.ops",
+    "NeuronSpec": "tcl_fast.ops",
     "lif_multistep_reference": "tcl_fast.ops",
     "supcon_loss": "tcl_fast.ops",
     "supcon_loss_reference": "tcl_fast.ops",

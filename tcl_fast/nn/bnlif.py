@@ -47,9 +47,7 @@ def _bn_args(bn: nn.modules.batchnorm._BatchNorm):
 
 
 def _lif_call(lif: LIFMultiStep, z: torch.Tensor, decay):
-    return lif_multistep(z, None, decay=decay, v_threshold=lif.v_threshold, v_reset=lif.v_reset,
-                         decay_input=lif.decay_input, detach_reset=lif.detach_reset,
-                         surrogate=lif.surrogate, alpha=lif.alpha, backend=lif.backend)
+    return lif_multistep(z, None, decay=decay, spec=lif.spec, backend=lif.backend)
 
 
 def _normalise(branches, stats, ys, weights, biases, factors, T):

@@ -6,10 +6,11 @@ import math
 import torch
 from torch import nn
 
-from tcl_fast.ops.lif import BACKENDS, check_neuron_params, lif_multistep, validate_decay
+from tcl_fast.nn._spec import SpecAttributes
+from tcl_fast.ops.lif import BACKENDS, NeuronSpec, lif_multistep, validate_decay
 
 
-class LIFMultiStep(nn.Module):
+class LIFMultiStep(SpecAttributes, nn.Module):
     """Leaky integrate-and-fire neurons over time-first input ``[T, B, ...]``.
 
     Stateless between calls (each forward starts from ``v_reset``), like a
@@ -24,19 +25,14 @@ class LIFMultiStep(nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        alpha, v_threshold, _ = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
+        spec = NeuronSpec(v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)  # validates
         validate_decay(tau, decay_input=decay_input)  # fail at construction, not at the first forward
         if learnable_tau and tau <= 1:
             raise ValueError(f"learnable_tau needs tau > 1 (w = -log(tau - 1)), got {tau}")
         if learnable_tau and math.isinf(tau):
             raise ValueError("learnable_tau needs a finite tau (sigmoid(w) = 1/tau can't reach 0)")
         self.tau = float(tau)
-        self.v_threshold = v_threshold
-        self.v_reset = None if v_reset is None else float(v_reset)
-        self.decay_input = bool(decay_input)
-        self.detach_reset = bool(detach_reset)
-        self.surrogate = surrogate
-        self.alpha = alpha
+        self.spec = spec
         self.learnable_tau = bool(learnable_tau)
         self.backend = backend
         if learnable_tau:
@@ -70,11 +66,8 @@ class LIFMultiStep(nn.Module):
         return torch.sigmoid(self.w) if self.learnable_tau else 1.0 / self.tau
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_v: bool = False):
-        return lif_multistep(
-            x, v0, decay=self.decay(), v_threshold=self.v_threshold, v_reset=self.v_reset,
-            decay_input=self.decay_input, detach_reset=self.detach_reset,
-            surrogate=self.surrogate, alpha=self.alpha, return_v=return_v, backend=self.backend,
-        )
+        return lif_multistep(x, v0, decay=self.decay(), spec=self.spec, return_v=return_v,
+                             backend=self.backend)
 
     def extra_repr(self) -> str:
         tau = f"tau={self.tau}" + (" (learnable)" if self.learnable_tau else "")

@@ -21,13 +21,15 @@ builds, and they follow SpikingJelly's module protocol without importing it:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
 from tcl_fast.nn.surrogate import resolve_surrogate, to_spikingjelly
-from tcl_fast.ops.lif import BACKENDS, check_neuron_params, lif_multistep
+from tcl_fast.nn._spec import SpecAttributes
+from tcl_fast.ops.lif import BACKENDS, NeuronSpec, lif_multistep
 
 STEP_MODES = ("s", "m")
 # SpikingJelly's backend names with a tcl_fast equivalent: its pure-PyTorch
@@ -44,29 +46,21 @@ def _resolve_backend(backend: str) -> str:
     return backend
 
 
-class BaseNode(nn.Module):
+class BaseNode(SpecAttributes, nn.Module):
     """Shared state, step modes and kernel call of the SpikingJelly-style neurons.
 
-    Subclasses provide ``_decay()`` (k = 1/tau, a float or a tensor) and
-    ``decay_input``.
+    Subclasses provide ``_decay()`` (k = 1/tau, a float or a tensor). The firing
+    parameters live in ``self.spec`` (``NeuronSpec``; SpecAttributes).
     """
-
-    decay_input: bool = True
 
     def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0,
                  surrogate_function=None, detach_reset: bool = False, step_mode: str = "s",
                  store_v_seq: bool = False, backend: str = "auto", *, stateful: bool = False,
                  surrogate: str | None = None, alpha: float | None = None,
-                 surrogate_beta: float | None = None):
+                 surrogate_beta: float | None = None, decay_input: bool = True):
         super().__init__()
         name, alpha, beta = resolve_surrogate(surrogate_function, surrogate, alpha, surrogate_beta)
-        alpha, v_threshold, _ = check_neuron_params(name, alpha, v_threshold, v_reset)
-        if beta is not None:
-            beta = float(beta)
-        self.surrogate, self.alpha, self.surrogate_beta = name, alpha, beta
-        self.v_threshold = v_threshold
-        self.v_reset = None if v_reset is None else float(v_reset)
-        self.detach_reset = bool(detach_reset)
+        self.spec = NeuronSpec(v_threshold, v_reset, decay_input, detach_reset, name, alpha, beta)
         self.backend = _resolve_backend(backend)
         self.stateful = bool(stateful)
         self.step_mode = step_mode
@@ -96,9 +90,7 @@ class BaseNode(nn.Module):
     @surrogate_function.setter
     def surrogate_function(self, value) -> None:
         name, alpha, beta = resolve_surrogate(value)
-        alpha, _, _ = check_neuron_params(name, alpha, self.v_threshold, self.v_reset)
-        self.surrogate, self.alpha = name, alpha
-        self.surrogate_beta = None if beta is None else float(beta)
+        self.spec = dataclasses.replace(self.spec, surrogate=name, alpha=alpha, beta=beta)
 
     def __setattr__(self, name: str, value) -> None:
         if name == "surrogate_function":  # nn.Module would store a Module value as a child instead
@@ -123,12 +115,8 @@ class BaseNode(nn.Module):
         raise NotImplementedError
 
     def _kernel(self, x_seq: torch.Tensor, v0: torch.Tensor | None):
-        extra = {} if self.surrogate_beta is None else {"surrogate_beta": self.surrogate_beta}
-        return lif_multistep(
-            x_seq, v0, decay=self._decay(), v_threshold=self.v_threshold, v_reset=self.v_reset,
-            decay_input=self.decay_input, detach_reset=self.detach_reset, surrogate=self.surrogate,
-            alpha=self.alpha, return_v=True, backend=self.backend, **extra,
-        )
+        return lif_multistep(x_seq, v0, decay=self._decay(), spec=self.spec, return_v=True,
+                             backend=self.backend)
 
     def _v0(self, neuron_shape: torch.Size, what: str) -> torch.Tensor | None:
         v = self.v
@@ -208,9 +196,8 @@ class LIFNode(BaseNode):
         if not (math.isfinite(tau) and tau >= 1):
             raise ValueError(f"tau must be finite and >= 1, got {tau} (IFNode has no leak)")
         self.tau = float(tau)
-        self.decay_input = bool(decay_input)
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode,
-                         store_v_seq, backend, **kwargs)
+                         store_v_seq, backend, decay_input=decay_input, **kwargs)
 
     def _decay(self) -> float:
         return 1.0 / self.tau
@@ -232,9 +219,8 @@ class ParametricLIFNode(BaseNode):
             raise TypeError(f"init_tau must be a float, got {type(init_tau).__name__}")
         if not (math.isfinite(init_tau) and init_tau > 1):
             raise ValueError(f"init_tau must be finite and > 1 (w = -log(init_tau - 1)), got {init_tau}")
-        self.decay_input = bool(decay_input)
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode,
-                         store_v_seq, backend, **kwargs)
+                         store_v_seq, backend, decay_input=decay_input, **kwargs)
         self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
 
     def _decay(self) -> torch.Tensor:
@@ -249,7 +235,11 @@ class ParametricLIFNode(BaseNode):
 class IFNode(BaseNode):
     """SpikingJelly's ``IFNode``: no leak, ``h = v + x``."""
 
-    decay_input = False
+    def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0,
+                 surrogate_function=None, detach_reset: bool = False, step_mode: str = "s",
+                 store_v_seq: bool = False, backend: str = "auto", **kwargs):
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode,
+                         store_v_seq, backend, decay_input=False, **kwargs)
 
     def _decay(self) -> float:
         return 0.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -27,6 +28,8 @@ from tcl_fast.ops.pack import mark_spikes
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES, lif_multistep_reference
 
 BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
+# lif_multistep's firing keywords at their defaults (a spec= call leaves them so).
+_FIRING_DEFAULTS = (1.0, 0.0, True, False, "sigmoid", None, None)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -315,6 +318,43 @@ def _constant_decay(k: float, device: torch.device, dtype: torch.dtype) -> torch
     return t
 
 
+@dataclass(frozen=True)
+class NeuronSpec:
+    """A LIF layer's firing parameters: validated once, when built, then handed as
+    they are to every kernel call (``lif_multistep(x, spec=...)``).
+
+    ``v_reset=None`` is the soft reset; ``alpha``/``beta`` default to the
+    surrogate's (``beta``: piecewise_leaky_relu's c, else unused). The decay
+    (k = 1/tau) is not part of it: it may be a learnt tensor, given per call.
+    """
+
+    v_threshold: float = 1.0
+    v_reset: float | None = 0.0
+    decay_input: bool = True
+    detach_reset: bool = False
+    surrogate: str = "sigmoid"
+    alpha: float | None = None
+    beta: float | None = None
+    # The op's scalar arguments, derived once: (v_threshold, v_r, hard_reset,
+    # decay_input, detach_reset, surrogate id, alpha, beta).
+    kernel_args: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        alpha, v_threshold, v_r = check_neuron_params(self.surrogate, self.alpha, self.v_threshold,
+                                                      self.v_reset)
+        _, beta = check_surrogate(self.surrogate, alpha, self.beta)
+        # beta stays None for a surrogate without one (the kernel then gets 0).
+        for name, value in (("v_threshold", v_threshold), ("alpha", alpha),
+                            ("beta", beta if self.surrogate in DEFAULT_BETA else None),
+                            ("v_reset", None if self.v_reset is None else float(self.v_reset)),
+                            ("decay_input", bool(self.decay_input)),
+                            ("detach_reset", bool(self.detach_reset))):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "kernel_args", (
+            v_threshold, v_r, self.v_reset is not None, self.decay_input, self.detach_reset,
+            SURROGATES.index(self.surrogate), alpha, beta))
+
+
 def lif_multistep(
     x: torch.Tensor,
     v0: torch.Tensor | None = None,
@@ -330,6 +370,7 @@ def lif_multistep(
     surrogate_beta: float | None = None,
     return_v: bool = False,
     backend: str = "auto",
+    spec: NeuronSpec | None = None,
     _smooth: bool = False,
 ):
     """Multi-step LIF over time-first ``x: [T, *]`` (SpikingJelly semantics).
@@ -339,7 +380,10 @@ def lif_multistep(
     ``tau`` may be a tensor (learnable); ``decay`` (= 1/tau) overrides ``tau``.
     ``v_reset=None`` selects the soft reset. ``surrogate_beta`` is the
     surrogate's second parameter (piecewise_leaky_relu's c, default 0.01).
-    See README "LIF semantics".
+    A ``spec`` (``NeuronSpec``, validated when built) replaces the firing
+    arguments ``v_threshold`` .. ``surrogate_beta``, which then must be left
+    at their defaults; neuron modules pass theirs so a call validates nothing
+    twice. See README "LIFMultiStep".
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -349,10 +393,13 @@ def lif_multistep(
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError("x has T = 0 time steps; need T >= 1")
-    alpha, v_threshold, v_r = check_neuron_params(surrogate, alpha, v_threshold, v_reset)
-    _, beta = check_surrogate(surrogate, alpha, surrogate_beta)
-    hard_reset = v_reset is not None
-    k = validate_decay(tau, decay, decay_input)
+    if spec is None:
+        spec = NeuronSpec(v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, surrogate_beta)
+    elif (v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, surrogate_beta) != _FIRING_DEFAULTS:
+        raise ValueError("pass the firing parameters either in spec= or as keywords, not both")
+    elif not isinstance(spec, NeuronSpec):
+        raise TypeError(f"spec must be a tcl_fast NeuronSpec, got {type(spec).__name__}")
+    k = validate_decay(tau, decay, spec.decay_input)
     neuron_shape = x.shape[1:]
     if v0 is not None:
         if not isinstance(v0, torch.Tensor):
@@ -369,8 +416,8 @@ def lif_multistep(
 
     if backend == "torch":
         spikes, v_last = lif_multistep_reference(
-            x, v0, k, v_threshold, v_reset if hard_reset else None, decay_input,
-            detach_reset, surrogate, alpha, smooth=_smooth, beta=beta,
+            x, v0, k, spec.v_threshold, spec.v_reset, spec.decay_input, spec.detach_reset,
+            spec.surrogate, spec.alpha, smooth=_smooth, beta=spec.beta,
         )
         return _emit(spikes, v_last, return_v, _smooth)
 
@@ -379,8 +426,7 @@ def lif_multistep(
         k = k.to(device=x.device, dtype=acc_dtype)
     else:
         k = _constant_decay(float(k), x.device, acc_dtype)
-    params = (v_threshold, v_r, hard_reset, decay_input, detach_reset,
-              SURROGATES.index(surrogate), alpha, beta, _smooth)
+    params = (*spec.kernel_args, _smooth)
     # One copy at most (non-contiguous / channels_last); None: start at v_r.
     x_c = x.contiguous()
     v0_c = None if v0 is None else v0.contiguous()

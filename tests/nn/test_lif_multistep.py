@@ -94,3 +94,21 @@ def test_matches_spikingjelly_lifnode(surrogate, decay_input, v_reset, detach_re
     s_sj.backward(grad)
     s_ours.backward(grad)
     torch.testing.assert_close(x_ours.grad, x_sj.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_firing_parameters_live_in_one_validated_spec():
+    # The module's attributes read its NeuronSpec; assigning one builds a new spec,
+    # so a bad value raises at the assignment instead of at some later forward.
+    m = tcl_fast.LIFMultiStep(surrogate="atan", backend="torch")
+    spec = m.spec
+    assert (m.v_threshold, m.v_reset, m.surrogate, m.alpha) == (1.0, 0.0, "atan", 2.0)
+    m.v_threshold = 0.5
+    assert m.spec is not spec and m.spec.v_threshold == 0.5 and m.spec.kernel_args[0] == 0.5
+    with pytest.raises(ValueError, match="v_threshold"):
+        m.v_threshold = -1.0  # below v_reset
+    assert m.v_threshold == 0.5  # unchanged by the refused assignment
+    x = torch.randn(6, 3, 5) * 2
+    want, _ = lif_multistep_reference(x, None, 0.5, 0.5, 0.0, True, False, "atan", 2.0)
+    assert torch.equal(m(x), want)
+    with pytest.raises(ValueError, match="not both"):
+        tcl_fast.lif_multistep(x, spec=m.spec, v_threshold=0.7)

@@ -58,6 +58,28 @@ inline void check_backward_inputs(const at::Tensor& grad_spikes,
               "tcl_fast::lif_backward: grad_v_last must be a contiguous x.shape[1:] tensor of x's dtype");
 }
 
+// Every implementation of lif_forward / lif_backward (CPU, CUDA, the test ops)
+// starts here: the input checks, then the scalars in one struct.
+inline OpScalars forward_prologue(const at::Tensor& x, const std::optional<at::Tensor>& v0,
+                                  const at::Tensor& decay, double v_threshold, double v_reset,
+                                  bool hard_reset, bool decay_input, bool detach_reset,
+                                  int64_t surrogate, double alpha, double beta, bool smooth) {
+  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  return OpScalars{v_threshold, v_reset, alpha, beta, hard_reset, decay_input, detach_reset, smooth,
+                   surrogate};
+}
+
+inline OpScalars backward_prologue(const at::Tensor& grad_spikes,
+                                   const std::optional<at::Tensor>& grad_v_last,
+                                   const at::Tensor& x, const std::optional<at::Tensor>& v0,
+                                   const at::Tensor& decay, double v_threshold, double v_reset,
+                                   bool hard_reset, bool decay_input, bool detach_reset,
+                                   int64_t surrogate, double alpha, double beta, bool smooth) {
+  check_backward_inputs(grad_spikes, grad_v_last, x);
+  return forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
+                          surrogate, alpha, beta, smooth);
+}
+
 // Number of chunk-start checkpoints the backward needs (see backward_neurons).
 inline int64_t num_checkpoint_rows(int64_t T) {
   return (T + kTimeChunk - 1) / kTimeChunk - 1;

@@ -39,14 +39,13 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
     double alpha, double beta, bool smooth) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                                       detach_reset, surrogate, alpha, beta, smooth);
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
   if (x.numel() == 0) return {spikes, v_last};
-  const OpArgs a{v_threshold, v_reset, alpha, beta, hard_reset, decay_input, detach_reset, smooth,
-                 surrogate};
   with_kernel_storage<Float64::kSupported>(x, "lif_forward_cpu", [&](auto tag) {
     forward_dtype<decltype(tag)>(x, v0, decay, spikes, v_last, a);
   });
@@ -58,14 +57,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     double beta, bool smooth, bool need_decay_grad) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
-  check_backward_inputs(grad_spikes, grad_v_last, x);
+  const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
+                                        hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
+                                        smooth);
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
   if (x.numel() == 0) return out.finish(decay);
-  const OpArgs a{v_threshold, v_reset, alpha, beta, hard_reset, decay_input, detach_reset, smooth,
-                 surrogate};
   bool known = true;
   with_kernel_storage<Float64::kSupported>(x, "lif_backward_cpu", [&](auto tag) {
     known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, out, a);

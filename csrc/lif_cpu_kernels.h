@@ -389,21 +389,14 @@ bool backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
 template <typename S>
 constexpr bool smooth_supported() { return std::is_same<S, double>::value; }
 
-// The op's scalar arguments, as the schema passes them.
-struct OpArgs {
-  double v_threshold, v_reset, alpha, beta;
-  bool hard_reset, decay_input, detach_reset, smooth;
-  int64_t surrogate;
-};
-
 // One dtype's whole forward / backward (S: the storage type with_kernel_storage picks).
 // The backward returns false for an unknown surrogate id.
 template <typename S>
 void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
                    const at::Tensor& decay, at::Tensor& spikes, at::Tensor& v_last,
-                   const OpArgs& a) {
+                   const OpScalars& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
-  auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
+  auto p = make_params<A>(a);
   p.decay = decay.data_ptr<A>()[0];
   with_bool(a.decay_input, [&](auto di) {
     with_bool(a.hard_reset, [&](auto hr) {
@@ -427,9 +420,9 @@ void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
 template <typename S>
 bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                     const at::Tensor& x, const std::optional<at::Tensor>& v0,
-                    const at::Tensor& decay, BackwardBuffers& out, const OpArgs& a) {
+                    const at::Tensor& decay, BackwardBuffers& out, const OpScalars& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
-  auto p = make_params<A>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
+  auto p = make_params<A>(a);
   p.decay = decay.data_ptr<A>()[0];
   A* grad_decay_partial = out.decay_partial_ptr<A>();
   A* v_chunk = out.v_chunk_ptr<A>();
@@ -468,18 +461,18 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
 // Each storage type is compiled in its own lif_cpu_<dtype>.cpp.
 #define TCL_LIF_CPU_DTYPE(S)                                                                    \
   template void forward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,           \
-                                 const at::Tensor&, at::Tensor&, at::Tensor&, const OpArgs&);   \
+                                 const at::Tensor&, at::Tensor&, at::Tensor&, const OpScalars&);   \
   template bool backward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,           \
                                   const at::Tensor&,                                            \
                                   const std::optional<at::Tensor>&, const at::Tensor&,          \
-                                  BackwardBuffers&, const OpArgs&);
+                                  BackwardBuffers&, const OpScalars&);
 #define TCL_LIF_CPU_EXTERN(S)                                                                   \
   extern template void forward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,    \
                                         const at::Tensor&, at::Tensor&, at::Tensor&,            \
-                                        const OpArgs&);                                         \
+                                        const OpScalars&);                                         \
   extern template bool backward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,    \
                                          const at::Tensor&, const std::optional<at::Tensor>&,   \
-                                         const at::Tensor&, BackwardBuffers&, const OpArgs&);
+                                         const at::Tensor&, BackwardBuffers&, const OpScalars&);
 TCL_LIF_CPU_EXTERN(float)
 TCL_LIF_CPU_EXTERN(double)
 TCL_LIF_CPU_EXTERN(c10::Half)

@@ -5,24 +5,20 @@
 
 #include <stdint.h>
 
+#include "lif_math.h"  // OpScalars (no torch headers either)
+
 namespace tcl_fast {
 namespace lif {
 namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// The op's scalars (OpScalars, from the shared prologue) and where to run them.
 struct LaunchArgs {
+  OpScalars op;
   DType dtype;
   int64_t T;
   int64_t N;
-  float v_threshold;
-  float v_reset;
-  float alpha;
-  float beta;
-  bool hard_reset;
-  bool decay_input;
-  bool detach_reset;
-  int surrogate;
   void* stream;  // cudaStream_t
 };
 

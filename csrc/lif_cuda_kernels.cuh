@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
 }
 
 inline Params<float> params_of(const LaunchArgs& a) {
-  return make_params<float>(a.v_threshold, a.v_reset, a.alpha, a.beta, a.detach_reset);
+  return make_params<float>(a.op);
 }
 
 // The cuda_packed knob (lif_tuning.h) off forces one neuron per thread:
@@ -103,8 +103,8 @@ void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const fl
   const Params<float> p = params_of(a);
   const int lanes = packing_enabled() ? forward_thread_lanes<S>(a.N, x, spikes) : 1;
   with_forward_width<S>(lanes, [&](auto width) {
-    with_bool(a.decay_input, [&](auto di) {
-      with_bool(a.hard_reset, [&](auto hr) {
+    with_bool(a.op.decay_input, [&](auto di) {
+      with_bool(a.op.hard_reset, [&](auto hr) {
         constexpr int L = decltype(width)::value;
         constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
         forward_kernel<S, L, DecayInput, HardReset><<<grid_for(a.N, L), kThreads, 0, stream>>>(
@@ -125,10 +125,10 @@ bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* g
   const int lanes = packing_enabled() ? backward_thread_lanes<S>(
                                             a.N, grad_decay_partial != nullptr, grad_spikes, x, grad_x)
                                       : 1;
-  return with_surrogate(a.surrogate, [&](auto sg) {
+  return with_surrogate(a.op.surrogate, [&](auto sg) {
     with_backward_width(lanes, [&](auto width, auto dg) {
-      with_bool(a.decay_input, [&](auto di) {
-        with_bool(a.hard_reset, [&](auto hr) {
+      with_bool(a.op.decay_input, [&](auto di) {
+        with_bool(a.op.hard_reset, [&](auto hr) {
           constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
           constexpr bool DecayGrad = decltype(dg)::value;
           constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;

@@ -11,10 +11,9 @@ namespace tcl_fast {
 namespace lif {
 namespace {
 
-cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_reset,
-                             bool hard_reset, bool decay_input, bool detach_reset,
-                             int64_t surrogate, double alpha, double beta) {
+cuda::LaunchArgs launch_args(const at::Tensor& x, const OpScalars& op) {
   cuda::LaunchArgs a;
+  a.op = op;
   switch (x.scalar_type()) {
     case at::kFloat: a.dtype = cuda::DType::kFloat32; break;
     case at::kHalf: a.dtype = cuda::DType::kFloat16; break;
@@ -25,14 +24,6 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, double v_threshold, double v_r
   }
   a.T = x.size(0);
   a.N = num_neurons(x);
-  a.v_threshold = static_cast<float>(v_threshold);
-  a.v_reset = static_cast<float>(v_reset);
-  a.alpha = static_cast<float>(alpha);
-  a.beta = static_cast<float>(beta);
-  a.hard_reset = hard_reset;
-  a.decay_input = decay_input;
-  a.detach_reset = detach_reset;
-  a.surrogate = static_cast<int>(surrogate);
   a.stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   return a;
 }
@@ -41,13 +32,13 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
     double alpha, double beta, bool smooth) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  const OpScalars op = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                                        detach_reset, surrogate, alpha, beta, smooth);
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
-  const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
-                             surrogate, alpha, beta);
+  const auto a = launch_args(x, op);
   const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
                                   spikes.data_ptr(), v_last.data_ptr());
   TORCH_CHECK(err == nullptr, "tcl_fast::lif_forward CUDA launch failed: ", err);
@@ -59,13 +50,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     double beta, bool smooth, bool need_decay_grad) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
-  check_backward_inputs(grad_spikes, grad_v_last, x);
+  const OpScalars op = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
+                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
+                                         smooth);
   TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
-  const auto a = launch_args(x, v_threshold, v_reset, hard_reset, decay_input, detach_reset,
-                             surrogate, alpha, beta);
+  const auto a = launch_args(x, op);
   const char* err = cuda::backward(
       a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
       x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),

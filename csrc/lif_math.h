@@ -134,19 +134,27 @@ struct Params {
   bool detach_reset;
 };
 
-// The one place a Params is filled from the op's scalars (CPU ops, CUDA
-// launcher, test ops). decay is read from its tensor by each kernel: it may be
-// learnable, and on the GPU it lives in device memory.
+// The op's scalar arguments as its schema passes them (csrc/ops.cpp): one
+// struct for the CPU ops, the CUDA launcher and the test ops, filled by the
+// shared prologue (lif_common.h).
+struct OpScalars {
+  double v_threshold, v_reset, alpha, beta;
+  bool hard_reset, decay_input, detach_reset, smooth;
+  int64_t surrogate;
+};
+
+// The one place a Params is filled from the op's scalars. decay is read from
+// its tensor by each kernel: it may be learnable, and on the GPU it lives in
+// device memory.
 template <typename A>
-TCL_HD Params<A> make_params(double v_threshold, double v_reset, double alpha, double beta,
-                             bool detach_reset) {
+TCL_HD Params<A> make_params(const OpScalars& a) {
   Params<A> p;
   p.decay = A(0);
-  p.v_threshold = static_cast<A>(v_threshold);
-  p.v_reset = static_cast<A>(v_reset);
-  p.alpha = static_cast<A>(alpha);
-  p.beta = static_cast<A>(beta);
-  p.detach_reset = detach_reset;
+  p.v_threshold = static_cast<A>(a.v_threshold);
+  p.v_reset = static_cast<A>(a.v_reset);
+  p.alpha = static_cast<A>(a.alpha);
+  p.beta = static_cast<A>(a.beta);
+  p.detach_reset = a.detach_reset;
   return p;
 }
 

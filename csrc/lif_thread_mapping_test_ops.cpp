@@ -35,11 +35,12 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_thread_mapping(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
     double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
     int64_t surrogate, double alpha, double beta, bool smooth) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
+  const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                                       detach_reset, surrogate, alpha, beta, smooth);
   TORCH_CHECK(!smooth, kForwardOp, ": no smooth mode");
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
-  auto p = make_params<float>(v_threshold, v_reset, alpha, beta, detach_reset);
+  auto p = make_params<float>(a);
   const int64_t T = x.size(0), N = num_neurons(x);
   with_kernel_storage<Float64::kRejected>(x, kForwardOp, [&](auto tag) {
     using S = decltype(tag);
@@ -68,11 +69,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_thread_mapping(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
     double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
     int64_t surrogate, double alpha, double beta, bool smooth, bool need_decay_grad) {
-  check_forward_inputs(x, v0, decay, surrogate, alpha);
-  check_backward_inputs(grad_spikes, grad_v_last, x);
+  const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
+                                        hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
+                                        smooth);
   TORCH_CHECK(!smooth, kBackwardOp, ": no smooth mode");
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
-  auto p = make_params<float>(v_threshold, v_reset, alpha, beta, detach_reset);
+  auto p = make_params<float>(a);
   const int64_t T = x.size(0), N = num_neurons(x);
   bool known = true;
   with_kernel_storage<Float64::kRejected>(x, kBackwardOp, [&](auto tag) {

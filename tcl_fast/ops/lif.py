@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -28,8 +28,6 @@ from tcl_fast.ops.pack import mark_spikes
 from tcl_fast.ops.lif_reference import DEFAULT_ALPHA, DEFAULT_BETA, SURROGATES, lif_multistep_reference
 
 BACKENDS = ("auto", "cuda", "cpp", "triton", "torch")
-# lif_multistep's firing keywords at their defaults (a spec= call leaves them so).
-_FIRING_DEFAULTS = (1.0, 0.0, True, False, "sigmoid", None, None)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -276,27 +274,6 @@ def check_surrogate(surrogate: str, alpha: float | None,
     return alpha, beta
 
 
-def check_neuron_params(surrogate: str, alpha: float | None, v_threshold: float,
-                        v_reset: float | None) -> tuple[float, float, float]:
-    """Validate the neuron's firing parameters (shared by ``LIFMultiStep``).
-
-    Returns ``(alpha, v_threshold, v_r)`` with alpha's default filled in and
-    v_r the membrane's rest value (0 for the soft reset, ``v_reset=None``).
-    """
-    alpha, _ = check_surrogate(surrogate, alpha)
-    v_threshold = float(v_threshold)
-    hard_reset = v_reset is not None
-    v_r = float(v_reset) if hard_reset else 0.0
-    if not (math.isfinite(v_threshold) and math.isfinite(v_r)):
-        raise ValueError("v_threshold and v_reset must be finite")
-    if v_threshold <= v_r:
-        raise ValueError(
-            f"v_threshold ({v_threshold}) must be greater than "
-            f"{'v_reset' if hard_reset else '0 (soft reset)'} ({v_r})"
-        )
-    return alpha, v_threshold, v_r
-
-
 _DECAY_CACHE: dict = {}
 
 
@@ -340,9 +317,17 @@ class NeuronSpec:
     kernel_args: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        alpha, v_threshold, v_r = check_neuron_params(self.surrogate, self.alpha, self.v_threshold,
-                                                      self.v_reset)
-        _, beta = check_surrogate(self.surrogate, alpha, self.beta)
+        alpha, beta = check_surrogate(self.surrogate, self.alpha, self.beta)
+        v_threshold = float(self.v_threshold)
+        hard_reset = self.v_reset is not None
+        v_r = float(self.v_reset) if hard_reset else 0.0
+        if not (math.isfinite(v_threshold) and math.isfinite(v_r)):
+            raise ValueError("v_threshold and v_reset must be finite")
+        if v_threshold <= v_r:
+            raise ValueError(
+                f"v_threshold ({v_threshold}) must be greater than "
+                f"{'v_reset' if hard_reset else '0 (soft reset)'} ({v_r})"
+            )
         # beta stays None for a surrogate without one (the kernel then gets 0).
         for name, value in (("v_threshold", v_threshold), ("alpha", alpha),
                             ("beta", beta if self.surrogate in DEFAULT_BETA else None),
@@ -351,8 +336,13 @@ class NeuronSpec:
                             ("detach_reset", bool(self.detach_reset))):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "kernel_args", (
-            v_threshold, v_r, self.v_reset is not None, self.decay_input, self.detach_reset,
+            v_threshold, v_r, hard_reset, self.decay_input, self.detach_reset,
             SURROGATES.index(self.surrogate), alpha, beta))
+
+
+# NeuronSpec's defaults, which lif_multistep's firing keywords share: a call
+# with spec= must leave those keywords at them.
+_FIRING_DEFAULTS = tuple(f.default for f in fields(NeuronSpec) if f.init)
 
 
 def lif_multistep(

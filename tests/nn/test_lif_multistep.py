@@ -112,3 +112,16 @@ def test_firing_parameters_live_in_one_validated_spec():
     assert torch.equal(m(x), want)
     with pytest.raises(ValueError, match="not both"):
         tcl_fast.lif_multistep(x, spec=m.spec, v_threshold=0.7)
+
+
+def test_functional_firing_defaults_are_the_specs():
+    # lif_multistep(spec=...) refuses firing keywords changed from their defaults,
+    # so those defaults must be NeuronSpec's, field for field.
+    import inspect
+    from dataclasses import fields
+
+    keywords = inspect.signature(tcl_fast.lif_multistep).parameters
+    for f in fields(tcl_fast.NeuronSpec):
+        if f.init:
+            name = "surrogate_beta" if f.name == "beta" else f.name
+            assert keywords[name].default == f.default, name

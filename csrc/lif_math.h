@@ -333,11 +333,6 @@ TCL_HD A surrogate_grad(A h, const Params<A>& p) {
   return SurrogateFn<A, SG>::template grad<Fused>(h - p.v_threshold, p);
 }
 
-template <typename A, int SG, bool HardReset, bool Fused = true>
-TCL_HD A grad_h(A grad_s, A grad_v, A h, A s, const Params<A>& p) {
-  return grad_h_given_sg<A, HardReset, Fused>(grad_s, grad_v, h, s, surrogate_grad<A, SG, Fused>(h, p), p);
-}
-
 template <typename A, bool DecayInput>
 TCL_HD A grad_x_from_h(A gh, const Params<A>& p) {
   return DecayInput ? gh * p.decay : gh;

@@ -89,6 +89,6 @@ def test_benchmarks_write_outside_committed_results_unless_told():
         assert ignored.returncode == 0, "benchmarks/results/local/ must be git-ignored"
     # No script picks its own default path any more: they all go through _common.
     for script in ("bench_lif.py", "bench_lif_backward.py", "bench_lif_runs.py", "bench_supcon.py",
-                   "profile_lif.py"):
+                   "profile_lif.py", "bench_bn_lif.py"):
         text = open(os.path.join(ROOT, "benchmarks", script)).read()
         assert "import _common" in text and "sys.path.insert" not in text, script

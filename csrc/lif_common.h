@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/accumulate.h>
 
+#include <optional>
 #include <type_traits>
 
 #include "lif_dispatch.h"
@@ -19,6 +20,31 @@ namespace lif {
 // whose autograd view nodes cost host time on every call.
 inline at::IntArrayRef neuron_sizes(const at::Tensor& x) { return x.sizes().slice(1); }
 inline int64_t num_neurons(const at::Tensor& x) { return c10::multiply_integers(neuron_sizes(x)); }
+
+// How a per-channel or per-neuron parameter of x's neurons is indexed: neuron
+// n reads element (n / inner) % channels (lif_math.h LaneParams).
+struct LaneLayout {
+  int64_t inner = 1, channels = 1;
+  bool operator==(const LaneLayout& o) const { return inner == o.inner && channels == o.channels; }
+};
+
+// The layout of t as a parameter of x's neurons, or nullopt: t is contiguous
+// and either x.shape[1:] (one per neuron) or, its dims aligned right to
+// x.shape[1:], all 1 but one, which matches that neuron dim (one per channel).
+inline std::optional<LaneLayout> lane_layout(const at::Tensor& x, const at::Tensor& t) {
+  const auto neurons = neuron_sizes(x);
+  if (!t.is_contiguous() || t.dim() > static_cast<int64_t>(neurons.size())) return std::nullopt;
+  if (t.sizes() == neurons) return LaneLayout{1, c10::multiply_integers(neurons)};
+  const int64_t offset = static_cast<int64_t>(neurons.size()) - t.dim();
+  int64_t dim = -1;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) == 1) continue;
+    if (dim >= 0 || t.size(d) != neurons[offset + d]) return std::nullopt;
+    dim = d;
+  }
+  if (dim < 0) return LaneLayout{1, 1};  // one element
+  return LaneLayout{c10::multiply_integers(neurons.slice(offset + dim + 1)), t.size(dim)};
+}
 
 // Checks what the Python wrapper already guarantees, so a direct
 // torch.ops.tcl_fast call with bad tensors errors instead of corrupting memory.
@@ -37,8 +63,10 @@ inline void check_forward_inputs(const at::Tensor& x, const std::optional<at::Te
   }
   TORCH_CHECK(decay.device() == x.device(), "tcl_fast::lif: x and decay must be on one device");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(decay.numel() == 1 && decay.scalar_type() == acc,
-              "tcl_fast::lif: decay must be a one-element ", acc, " tensor");
+  TORCH_CHECK(decay.scalar_type() == acc && (decay.numel() == 1 || lane_layout(x, decay).has_value()),
+              "tcl_fast::lif: decay must be a ", acc, " tensor of one element, one per channel "
+              "(contiguous, all dims 1 but one neuron dim, aligned right to x.shape[1:]) or one per "
+              "neuron (contiguous, x.shape[1:])");
   TORCH_CHECK(surrogate >= 0 && surrogate < kNumSurrogates,
               "tcl_fast::lif: surrogate id out of range: ", surrogate);
   TORCH_CHECK(alpha > 0, "tcl_fast::lif: alpha must be positive");
@@ -56,6 +84,61 @@ inline void check_backward_inputs(const at::Tensor& grad_spikes,
                   grad_v_last.scalar_type() == x.scalar_type() && grad_v_last.is_contiguous() &&
                   grad_v_last.device() == x.device(),
               "tcl_fast::lif_backward: grad_v_last must be a contiguous x.shape[1:] tensor of x's dtype");
+}
+
+// The input affine of lif_affine_forward / lif_affine_backward (the neuron
+// charges with x * scale + shift): absent for the plain ops.
+struct OptionalAffine {
+  std::optional<at::Tensor> scale, shift;
+};
+
+// scale, shift and a per-channel decay share one layout (lane_layout).
+inline OptionalAffine affine_of(const at::Tensor& x, const at::Tensor& decay, const at::Tensor& scale,
+                                const at::Tensor& shift) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  std::optional<LaneLayout> layout;
+  for (const auto* t : {&scale, &shift}) {
+    TORCH_CHECK(t->scalar_type() == acc && t->device() == x.device(),
+                "tcl_fast::lif_affine: scale and shift must be ", acc, " tensors on x's device");
+    layout = lane_layout(x, *t);
+    TORCH_CHECK(layout.has_value(), "tcl_fast::lif_affine: scale and shift must be one per channel "
+                "or per neuron of x.shape[1:] (see decay), got shape ", t->sizes());
+  }
+  TORCH_CHECK(lane_layout(x, scale) == lane_layout(x, shift) &&
+                  (decay.numel() == 1 || lane_layout(x, decay) == layout),
+              "tcl_fast::lif_affine: scale, shift and a per-channel decay must share one layout");
+  return OptionalAffine{scale, shift};
+}
+
+constexpr const char* kSmoothLanewiseError =
+    "tcl_fast::lif: smooth (gradcheck) mode with a per-neuron decay or an input affine is built "
+    "for the sigmoid surrogate only";
+
+// Whether each neuron has its own decay (a checked decay of x.shape[1:]); a
+// one-element decay is shared by all.
+inline bool decay_per_neuron(const at::Tensor& decay) { return decay.numel() != 1; }
+
+// The per-channel / per-neuron pointers and their layout for the Lanewise
+// kernels (device pointers on CUDA); decay only when it is not one element.
+template <typename A>
+LaneParams<A> lane_params_of(const at::Tensor& x, const at::Tensor& decay,
+                             const OptionalAffine& affine) {
+  LaneParams<A> lanes;
+  std::optional<LaneLayout> layout;
+  if (decay_per_neuron(decay)) {
+    lanes.decay = decay.data_ptr<A>();
+    layout = lane_layout(x, decay);
+  }
+  if (affine.scale) {
+    lanes.scale = affine.scale->data_ptr<A>();
+    lanes.shift = affine.shift->data_ptr<A>();
+    layout = lane_layout(x, *affine.scale);
+  }
+  if (layout) {
+    lanes.inner = layout->inner;
+    lanes.channels = layout->channels;
+  }
+  return lanes;
 }
 
 // Every implementation of lif_forward / lif_backward (CPU, CUDA, the test ops)
@@ -91,12 +174,22 @@ struct BackwardBuffers {
   at::Tensor grad_x, grad_v0;
   at::Tensor decay_partial;  // [N] per-neuron dL/dk, undefined unless needed
   at::Tensor v_chunk;        // [ceil(T/16) - 1, N] membrane checkpoints
+  // lif_affine_backward with need_affine_grad: [N] per-neuron dL/dscale, dL/dshift.
+  at::Tensor grad_scale, grad_shift;
 
-  BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad)
+  BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad,
+                  bool need_affine_grad = false)
       : grad_x(at::empty_like(x)),
         grad_v0(has_v0 ? at::empty(neuron_sizes(x), x.options()) : at::empty({0}, x.options())),
         decay_partial(need_decay_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
-        v_chunk(at::empty({num_checkpoint_rows(x.size(0)), num_neurons(x)}, decay.options())) {}
+        v_chunk(at::empty({num_checkpoint_rows(x.size(0)), num_neurons(x)}, decay.options())),
+        grad_scale(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
+        grad_shift(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()) {}
+
+  template <typename A>
+  A* grad_scale_ptr() { return grad_scale.defined() ? grad_scale.data_ptr<A>() : nullptr; }
+  template <typename A>
+  A* grad_shift_ptr() { return grad_shift.defined() ? grad_shift.data_ptr<A>() : nullptr; }
 
   template <typename A>
   A* decay_partial_ptr() { return decay_partial.defined() ? decay_partial.data_ptr<A>() : nullptr; }
@@ -105,13 +198,34 @@ struct BackwardBuffers {
   // nullptr without v0 (grad_v0 is then empty): the kernels write no grad_v0.
   void* grad_v0_ptr() { return grad_v0.numel() ? grad_v0.data_ptr() : nullptr; }
 
-  // (grad_x, grad_v0, grad_decay): the decay gradient sums the per-neuron parts;
-  // unless asked for it is an empty [0] tensor (on CUDA a zero fill would be a
-  // kernel launch per backward for a value autograd throws away).
+  // (grad_x, grad_v0, grad_decay): a shared decay's gradient sums the
+  // per-neuron parts, a per-neuron decay's is them; unless asked for it is an
+  // empty [0] tensor (on CUDA a zero fill would be a kernel launch per backward
+  // for a value autograd throws away).
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& decay) const {
-    auto grad_decay = decay_partial.defined() ? decay_partial.sum().reshape(decay.sizes())
-                                              : at::empty({0}, decay.options());
+    at::Tensor grad_decay = at::empty({0}, decay.options());
+    if (decay_partial.defined()) grad_decay = reduce_to(decay_partial, decay);
     return {grad_x, grad_v0, grad_decay};
+  }
+
+  // A per-neuron [N] gradient summed into its parameter's shape (one element,
+  // or per channel / per neuron by its layout).
+  at::Tensor reduce_to(const at::Tensor& per_neuron, const at::Tensor& param) const {
+    if (param.numel() == 1) return per_neuron.sum().reshape(param.sizes());
+    if (per_neuron.numel() == 0) return at::zeros(param.sizes(), param.options());
+    const LaneLayout l = *lane_layout(grad_x, param);
+    const int64_t N = per_neuron.numel();
+    if (l.inner == 1 && l.channels == N) return per_neuron.view(param.sizes());
+    return per_neuron.view({N / (l.inner * l.channels), l.channels, l.inner}).sum({0, 2}).view(param.sizes());
+  }
+  // lif_affine_backward's outputs: finish's, then grad_scale and grad_shift
+  // (empty [0] tensors unless asked for).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_affine(
+      const at::Tensor& decay, const at::Tensor& scale, const at::Tensor& shift) const {
+    auto [gx, gv0, gdecay] = finish(decay);
+    auto empty = at::empty({0}, decay.options());
+    return {gx, gv0, gdecay, grad_scale.defined() ? reduce_to(grad_scale, scale) : empty,
+            grad_shift.defined() ? reduce_to(grad_shift, shift) : empty};
   }
 };
 

@@ -171,14 +171,16 @@ void with_cpu_isa(F&& f) {
 // The bodies are inlined into one wrapper per ISA (below); no lambdas inside
 // them: a lambda's body is a separate function that would not get the target.
 // Groups g0..g1 of W neurons; a group cut short by N runs as 128-neuron groups,
-// then one neuron at a time.
-template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth>
+// then one neuron at a time. Lanewise (per-neuron decay / input affine,
+// lif_math.h) runs 128-neuron groups only: built for one width, not three.
+template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth,
+          bool Lanewise>
 inline __attribute__((always_inline)) void forward_groups_body(
     const S* x, const S* v0, S* spikes, S* v_last, int64_t T, int64_t N, int64_t g0, int64_t g1,
-    const Params<A>& p) {
+    const Params<A>& p, const LaneParams<A>& lanes) {
 #define TCL_FORWARD_GROUP(LANES)                                                                 \
-  forward_neurons<A, SG, DecayInput, HardReset, Smooth, LANES>(x + n, at_neuron(v0, n),          \
-                                                               spikes + n, v_last + n, T, N, p)
+  forward_neurons<A, SG, DecayInput, HardReset, Smooth, LANES, false, 1, Lanewise>(             \
+      x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p, lanes.at(n))
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n = g * W;
     if (n + W <= N) {
@@ -194,16 +196,17 @@ inline __attribute__((always_inline)) void forward_groups_body(
 }
 
 template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth,
-          bool DecayGrad, bool Fused>
+          bool DecayGrad, bool Lanewise, bool Fused>
 inline __attribute__((always_inline)) void backward_groups_body(
     const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0, S* grad_x, S* grad_v0,
     A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0, int64_t g1,
-    const Params<A>& p, SurrogateRowFn<A> sg_row) {
-#define TCL_BACKWARD_GROUP(LANES)                                                                \
-  backward_neurons<A, SG, DecayInput, HardReset, Smooth, LANES, false, DecayGrad, 1, Fused>(    \
-      grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,          \
-      at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p,  \
-      sg_row)
+    const Params<A>& p, SurrogateRowFn<A> sg_row, const LaneParams<A>& lanes) {
+#define TCL_BACKWARD_GROUP(LANES)                                                                  \
+  backward_neurons<A, SG, DecayInput, HardReset, Smooth, LANES, false, DecayGrad, 1, Fused,       \
+                   Lanewise>(                                                                      \
+      grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,            \
+      at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p,    \
+      sg_row, lanes.at(n))
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n = g * W;
     if (n + W <= N) {
@@ -237,22 +240,24 @@ inline __attribute__((always_inline)) void surrogate_row_body(const A* __restric
     surrogate_row_body<A, SG, fused>(h, sg, n, p);                                              \
   }
 #define TCL_FORWARD_GROUPS_FOR(suffix, target)                                                   \
-  template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth> \
+  template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, \
+            bool Lanewise>                                                                       \
   target void forward_groups_##suffix(const S* x, const S* v0, S* spikes, S* v_last, int64_t T,  \
-                                      int64_t N, int64_t g0, int64_t g1, const Params<A>& p) {  \
-    forward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth>(x, v0, spikes, v_last, T, N, \
-                                                                    g0, g1, p);                  \
+                                      int64_t N, int64_t g0, int64_t g1, const Params<A>& p,    \
+                                      const LaneParams<A>& lanes) {                              \
+    forward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth, Lanewise>(                   \
+        x, v0, spikes, v_last, T, N, g0, g1, p, lanes);                                          \
   }
 #define TCL_BACKWARD_GROUPS_FOR(suffix, target, fused)                                           \
   template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, \
-            bool DecayGrad>                                                                      \
+            bool DecayGrad, bool Lanewise>                                                       \
   target void backward_groups_##suffix(                                                          \
       const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0, S* grad_x,           \
       S* grad_v0, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0,          \
-      int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row) {                               \
-    backward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad, fused>(         \
+      int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row, const LaneParams<A>& lanes) {   \
+    backward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad, Lanewise, fused>( \
         grad_spikes, grad_v_last, x, v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, g0, \
-        g1, p, sg_row);                                                                          \
+        g1, p, sg_row, lanes);                                                                   \
   }
 TCL_SURROGATE_ROW_FOR(baseline, , kBaselineHasFma)
 TCL_FORWARD_GROUPS_FOR(baseline, )
@@ -287,12 +292,12 @@ SurrogateRowFn<A> surrogate_row_fn(int64_t id) {
 }
 
 template <CpuIsa I, int W, typename S, typename A, int SG, bool DecayInput, bool HardReset,
-          bool Smooth>
+          bool Smooth, bool Lanewise>
 void forward_groups(const S* x, const S* v0, S* spikes, S* v_last, int64_t T, int64_t N, int64_t g0,
-                    int64_t g1, const Params<A>& p) {
-#define TCL_FORWARD_GROUPS(suffix)                                                                \
-  forward_groups_##suffix<W, S, A, SG, DecayInput, HardReset, Smooth>(x, v0, spikes, v_last, T, N, \
-                                                                      g0, g1, p)
+                    int64_t g1, const Params<A>& p, const LaneParams<A>& lanes) {
+#define TCL_FORWARD_GROUPS(suffix)                                                             \
+  forward_groups_##suffix<W, S, A, SG, DecayInput, HardReset, Smooth, Lanewise>(              \
+      x, v0, spikes, v_last, T, N, g0, g1, p, lanes)
 #if TCL_CPU_MULTI_ISA
   if constexpr (I == CpuIsa::kAvx512) return TCL_FORWARD_GROUPS(avx512);
   if constexpr (I == CpuIsa::kAvx2Fma) return TCL_FORWARD_GROUPS(avx2);
@@ -302,14 +307,15 @@ void forward_groups(const S* x, const S* v0, S* spikes, S* v_last, int64_t T, in
 }
 
 template <CpuIsa I, int W, typename S, typename A, int SG, bool DecayInput, bool HardReset,
-          bool Smooth, bool DecayGrad>
+          bool Smooth, bool DecayGrad, bool Lanewise>
 void backward_groups(const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0,
                      S* grad_x, S* grad_v0, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N,
-                     int64_t g0, int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row) {
+                     int64_t g0, int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row,
+                     const LaneParams<A>& lanes) {
 #define TCL_BACKWARD_GROUPS(suffix)                                                               \
-  backward_groups_##suffix<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad>(               \
+  backward_groups_##suffix<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad, Lanewise>(     \
       grad_spikes, grad_v_last, x, v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, g0, g1, \
-      p, sg_row)
+      p, sg_row, lanes)
 #if TCL_CPU_MULTI_ISA
   if constexpr (I == CpuIsa::kAvx512) return TCL_BACKWARD_GROUPS(avx512);
   if constexpr (I == CpuIsa::kAvx2Fma) return TCL_BACKWARD_GROUPS(avx2);
@@ -327,39 +333,39 @@ void with_cpu_isa_for(F&& f) {
   else with_cpu_isa(f);
 }
 
-template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth>
+template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, bool Lanewise>
 void forward_cpu_typed(const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& spikes,
-                       at::Tensor& v_last, const Params<A>& p) {
+                       at::Tensor& v_last, const Params<A>& p, const LaneParams<A>& lanes) {
   const int64_t T = x.size(0), N = num_neurons(x);
   const S* x_p = data_as<S>(x);
   const S* v0_p = optional_data_as<S>(v0);
   S* spikes_p = mutable_data_as<S>(spikes);
   S* v_last_p = mutable_data_as<S>(v_last);
-  // Smooth (test) mode: 128-neuron groups only, to build it once.
-  constexpr int kWide = Smooth ? kLanes : kForwardWideLanes;
+  // Smooth (test) mode and Lanewise: 128-neuron groups only, to build them once.
+  constexpr int kWide = Smooth || Lanewise ? kLanes : kForwardWideLanes;
   with_cpu_isa_for<S>([&](auto isa) {
     constexpr CpuIsa I = decltype(isa)::value;
     parallel_over_groups<kWide>(T, N, [&](auto width, int64_t g0, int64_t g1) {
-      forward_groups<I, decltype(width)::value, S, A, SG, DecayInput, HardReset, Smooth>(
-          x_p, v0_p, spikes_p, v_last_p, T, N, g0, g1, p);
+      forward_groups<I, decltype(width)::value, S, A, SG, DecayInput, HardReset, Smooth, Lanewise>(
+          x_p, v0_p, spikes_p, v_last_p, T, N, g0, g1, p, lanes);
     });
   });
 }
 
 // SG: a surrogate id (smooth mode), or kSurrogateByRow with the surrogate's id
 // in surrogate_id. Returns false for an unknown surrogate id.
-template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth>
+template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, bool Lanewise>
 bool backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                         const at::Tensor& x, const std::optional<at::Tensor>& v0, at::Tensor& grad_x,
                         S* grad_v0_p /* nullptr without v0 */, A* grad_decay_partial, A* v_chunk,
-                        const Params<A>& p, int64_t surrogate_id) {
+                        const Params<A>& p, int64_t surrogate_id, const LaneParams<A>& lanes) {
   const int64_t T = x.size(0), N = num_neurons(x);
   const S* grad_spikes_p = data_as<S>(grad_spikes);
   const S* grad_v_last_p = optional_data_as<S>(grad_v_last);
   const S* x_p = data_as<S>(x);
   const S* v0_p = optional_data_as<S>(v0);
   S* grad_x_p = mutable_data_as<S>(grad_x);
-  constexpr int kWide = Smooth ? kLanes : kBackwardWideLanes<A>;  // smooth: built once, as forward
+  constexpr int kWide = Smooth || Lanewise ? kLanes : kBackwardWideLanes<A>;  // as forward
   bool known = true;
   // Without a learnable tau the per-step dh/dk buffer is compiled out.
   with_cpu_isa_for<S>([&](auto isa) {
@@ -376,43 +382,66 @@ bool backward_cpu_typed(const at::Tensor& grad_spikes, const std::optional<at::T
       constexpr bool DecayGrad = decltype(dg)::value;
       parallel_over_groups<kWide>(T, N, [&](auto width, int64_t g0, int64_t g1) {
         constexpr int W = decltype(width)::value;
-        backward_groups<I, W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad>(
+        backward_groups<I, W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad, Lanewise>(
             grad_spikes_p, grad_v_last_p, x_p, v0_p, grad_x_p, grad_v0_p, grad_decay_partial,
-            v_chunk, T, N, g0, g1, p, sg_row);
+            v_chunk, T, N, g0, g1, p, sg_row, lanes);
       });
     });
   });
   return known;
 }
 
-// Smooth (test) mode is built for float64 only, to keep compile time down.
+// Smooth (test) mode is built for float64 only, to keep compile time down;
+// with per-neuron parameters (Lanewise) for the sigmoid surrogate only.
 template <typename S>
 constexpr bool smooth_supported() { return std::is_same<S, double>::value; }
+template <bool Lanewise, int SG>
+constexpr bool smooth_built() { return !Lanewise || SG == kSigmoid; }
+
+// The per-channel arrays of a call (LaneParams) and p.decay for a shared decay;
+// returns whether any per-neuron parameter is given (the Lanewise drivers).
+template <typename A>
+bool lane_params(const at::Tensor& x, const at::Tensor& decay, const OptionalAffine& affine,
+                 Params<A>& p, LaneParams<A>& lanes) {
+  lanes = lane_params_of<A>(x, decay, affine);
+  if (!lanes.decay) p.decay = decay.data_ptr<A>()[0];
+  return lanes.decay || lanes.scale || lanes.shift;
+}
 
 // One dtype's whole forward / backward (S: the storage type with_kernel_storage picks).
 // The backward returns false for an unknown surrogate id.
 template <typename S>
 void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
-                   const at::Tensor& decay, at::Tensor& spikes, at::Tensor& v_last,
-                   const OpScalars& a) {
+                   const at::Tensor& decay, const OptionalAffine& affine, at::Tensor& spikes,
+                   at::Tensor& v_last, const OpScalars& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
   auto p = make_params<A>(a);
-  p.decay = decay.data_ptr<A>()[0];
-  with_bool(a.decay_input, [&](auto di) {
-    with_bool(a.hard_reset, [&](auto hr) {
-      constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-      if constexpr (smooth_supported<S>()) {
-        if (a.smooth) {
-          const bool known = with_surrogate(a.surrogate, [&](auto sg) {
-            forward_cpu_typed<S, A, decltype(sg)::value, DecayInput, HardReset, true>(
-                x, v0, spikes, v_last, p);
-          });
-          TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
-          return;
+  LaneParams<A> lanes;
+  const bool lanewise = lane_params<A>(x, decay, affine, p, lanes);
+  with_bool(lanewise, [&](auto lw) {
+    with_bool(a.decay_input, [&](auto di) {
+      with_bool(a.hard_reset, [&](auto hr) {
+        constexpr bool Lanewise = decltype(lw)::value;
+        constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+        if constexpr (smooth_supported<S>()) {
+          if (a.smooth) {
+            bool built = true;
+            const bool known = with_surrogate(a.surrogate, [&](auto sg) {
+              constexpr int SG = decltype(sg)::value;
+              if constexpr (smooth_built<Lanewise, SG>())
+                forward_cpu_typed<S, A, SG, DecayInput, HardReset, true, Lanewise>(
+                    x, v0, spikes, v_last, p, lanes);
+              else built = false;
+            });
+            TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
+            TORCH_CHECK(built, kSmoothLanewiseError);
+            return;
+          }
         }
-      }
-      // Without smooth mode the forward does not depend on the surrogate.
-      forward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false>(x, v0, spikes, v_last, p);
+        // Without smooth mode the forward does not depend on the surrogate.
+        forward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false, Lanewise>(
+            x, v0, spikes, v_last, p, lanes);
+      });
     });
   });
 }
@@ -420,39 +449,51 @@ void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
 template <typename S>
 bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                     const at::Tensor& x, const std::optional<at::Tensor>& v0,
-                    const at::Tensor& decay, BackwardBuffers& out, const OpScalars& a) {
+                    const at::Tensor& decay, const OptionalAffine& affine, BackwardBuffers& out,
+                    const OpScalars& a) {
   using A = std::conditional_t<std::is_same<S, double>::value, double, float>;
   auto p = make_params<A>(a);
-  p.decay = decay.data_ptr<A>()[0];
+  LaneParams<A> lanes;
+  const bool lanewise = lane_params<A>(x, decay, affine, p, lanes);
+  lanes.grad_scale = out.grad_scale_ptr<A>();
+  lanes.grad_shift = out.grad_shift_ptr<A>();
   A* grad_decay_partial = out.decay_partial_ptr<A>();
   A* v_chunk = out.v_chunk_ptr<A>();
   S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());
   bool known = true;
-  with_bool(a.decay_input, [&](auto di) {
-    with_bool(a.hard_reset, [&](auto hr) {
-      constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-      if constexpr (smooth_supported<S>()) {
-        if (a.smooth) {  // the surrogate's primitive fires inline: one driver per surrogate
-          known = with_surrogate(a.surrogate, [&](auto sg) {
-            backward_cpu_typed<S, A, decltype(sg)::value, DecayInput, HardReset, true>(
-                grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial,
-                v_chunk, p, a.surrogate);
-          });
+  with_bool(lanewise, [&](auto lw) {
+    with_bool(a.decay_input, [&](auto di) {
+      with_bool(a.hard_reset, [&](auto hr) {
+        constexpr bool Lanewise = decltype(lw)::value;
+        constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+        if constexpr (smooth_supported<S>()) {
+          if (a.smooth) {  // the surrogate's primitive fires inline: one driver per surrogate
+            bool built = true;
+            known = with_surrogate(a.surrogate, [&](auto sg) {
+              constexpr int SG = decltype(sg)::value;
+              if constexpr (smooth_built<Lanewise, SG>())
+                backward_cpu_typed<S, A, SG, DecayInput, HardReset, true, Lanewise>(
+                    grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial,
+                    v_chunk, p, a.surrogate, lanes);
+              else built = false;
+            });
+            TORCH_CHECK(built, kSmoothLanewiseError);
+            return;
+          }
+        }
+        // The default surrogate (SpikingJelly's too) keeps its math inline in the
+        // driver: through the row function its backward took 1.1-1.2x the time
+        // (benchmarks/ab_lif_backward.sh). The others share one driver.
+        if (a.surrogate == kSigmoid) {
+          known = backward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false, Lanewise>(
+              grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk,
+              p, a.surrogate, lanes);
           return;
         }
-      }
-      // The default surrogate (SpikingJelly's too) keeps its math inline in the
-      // driver: through the row function its backward took 1.1-1.2x the time
-      // (benchmarks/ab_lif_backward.sh). The others share one driver.
-      if (a.surrogate == kSigmoid) {
-        known = backward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false>(
+        known = backward_cpu_typed<S, A, kSurrogateByRow, DecayInput, HardReset, false, Lanewise>(
             grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,
-            a.surrogate);
-        return;
-      }
-      known = backward_cpu_typed<S, A, kSurrogateByRow, DecayInput, HardReset, false>(
-          grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,
-          a.surrogate);
+            a.surrogate, lanes);
+      });
     });
   });
   return known;
@@ -461,18 +502,20 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
 // Each storage type is compiled in its own lif_cpu_<dtype>.cpp.
 #define TCL_LIF_CPU_DTYPE(S)                                                                    \
   template void forward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,           \
-                                 const at::Tensor&, at::Tensor&, at::Tensor&, const OpScalars&);   \
+                                 const at::Tensor&, const OptionalAffine&, at::Tensor&,         \
+                                 at::Tensor&, const OpScalars&);                                \
   template bool backward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,           \
-                                  const at::Tensor&,                                            \
-                                  const std::optional<at::Tensor>&, const at::Tensor&,          \
-                                  BackwardBuffers&, const OpScalars&);
+                                  const at::Tensor&, const std::optional<at::Tensor>&,          \
+                                  const at::Tensor&, const OptionalAffine&, BackwardBuffers&,   \
+                                  const OpScalars&);
 #define TCL_LIF_CPU_EXTERN(S)                                                                   \
   extern template void forward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,    \
-                                        const at::Tensor&, at::Tensor&, at::Tensor&,            \
-                                        const OpScalars&);                                         \
+                                        const at::Tensor&, const OptionalAffine&, at::Tensor&,  \
+                                        at::Tensor&, const OpScalars&);                         \
   extern template bool backward_dtype<S>(const at::Tensor&, const std::optional<at::Tensor>&,    \
                                          const at::Tensor&, const std::optional<at::Tensor>&,   \
-                                         const at::Tensor&, BackwardBuffers&, const OpScalars&);
+                                         const at::Tensor&, const OptionalAffine&,              \
+                                         BackwardBuffers&, const OpScalars&);
 TCL_LIF_CPU_EXTERN(float)
 TCL_LIF_CPU_EXTERN(double)
 TCL_LIF_CPU_EXTERN(c10::Half)

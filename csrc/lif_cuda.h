@@ -19,11 +19,17 @@ struct LaunchArgs {
   DType dtype;
   int64_t T;
   int64_t N;
+  // Per-neuron parameters (device pointers, each nullable; lif_math.h): a
+  // decay per neuron, the input affine of lif_affine_* and its gradient sums.
+  // Any of decay/scale/shift set runs the Lanewise kernels.
+  LaneParams<float> lanes;
+  bool lanewise() const { return lanes.decay || lanes.scale || lanes.shift; }
   void* stream;  // cudaStream_t
 };
 
 // Each returns nullptr on success, else the CUDA error string. v0 may be
-// nullptr (every membrane starts at v_reset).
+// nullptr (every membrane starts at v_reset). decay: device float32, one value
+// (read when a.lanes.decay is nullptr).
 const char* forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
                     void* spikes, void* v_last);
 

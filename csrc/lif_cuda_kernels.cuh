@@ -40,14 +40,15 @@ static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types"
 
 constexpr int kThreads = 256;
 
-template <typename S, int LANES, bool DecayInput, bool HardReset>
+template <typename S, int LANES, bool DecayInput, bool HardReset, bool Lanewise>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ spikes,
                    S* __restrict__ v_last, const float* __restrict__ decay, int64_t T, int64_t N,
-                   Params<float> p) {
-  p.decay = *decay;
-  forward_thread<S, LANES, DecayInput, HardReset>(
-      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, x, v0, spikes, v_last, T, N, p);
+                   Params<float> p, LaneParams<float> lanes) {
+  if (!lanes.decay) p.decay = *decay;
+  forward_thread<S, LANES, DecayInput, HardReset, Lanewise>(
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, x, v0, spikes, v_last, T, N, p,
+      lanes);
 }
 
 // A backward thread holds a 16-step chunk of h in registers (and, with one
@@ -56,17 +57,18 @@ __global__ void __launch_bounds__(kThreads)
 // 2-lane kernels then spill nothing, the 4-lane one 8-44 bytes.
 constexpr int kBackwardMinBlocks = 2;
 
-template <typename S, int LANES, bool DecayGrad, int SG, bool DecayInput, bool HardReset>
+template <typename S, int LANES, bool DecayGrad, int SG, bool DecayInput, bool HardReset,
+          bool Lanewise>
 __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
     backward_kernel(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                     const S* __restrict__ x, const S* __restrict__ v0, S* __restrict__ grad_x,
                     S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,
                     float* __restrict__ v_chunk, const float* __restrict__ decay, int64_t T,
-                    int64_t N, Params<float> p) {
-  p.decay = *decay;
-  backward_thread<S, LANES, DecayGrad, SG, DecayInput, HardReset>(
+                    int64_t N, Params<float> p, LaneParams<float> lanes) {
+  if (!lanes.decay) p.decay = *decay;
+  backward_thread<S, LANES, DecayGrad, SG, DecayInput, HardReset, Lanewise>(
       static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, grad_spikes, grad_v_last, x,
-      v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, p);
+      v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, p, lanes);
 }
 
 inline Params<float> params_of(const LaunchArgs& a) {
@@ -101,15 +103,22 @@ void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const fl
                     void* spikes, void* v_last) {
   const auto stream = static_cast<cudaStream_t>(a.stream);
   const Params<float> p = params_of(a);
-  const int lanes = packing_enabled() ? forward_thread_lanes<S>(a.N, x, spikes) : 1;
-  with_forward_width<S>(lanes, [&](auto width) {
-    with_bool(a.op.decay_input, [&](auto di) {
-      with_bool(a.op.hard_reset, [&](auto hr) {
-        constexpr int L = decltype(width)::value;
-        constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-        forward_kernel<S, L, DecayInput, HardReset><<<grid_for(a.N, L), kThreads, 0, stream>>>(
-            static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
-            static_cast<S*>(v_last), decay, a.T, a.N, p);
+  // Per-neuron parameters (Lanewise): one neuron per thread.
+  const int lanes = a.lanewise() || !packing_enabled() ? 1 : forward_thread_lanes<S>(a.N, x, spikes);
+  with_bool(a.lanewise(), [&](auto lw) {
+    with_forward_width<S>(lanes, [&](auto width) {
+      with_bool(a.op.decay_input, [&](auto di) {
+        with_bool(a.op.hard_reset, [&](auto hr) {
+          constexpr int L = decltype(width)::value;
+          constexpr bool Lanewise = decltype(lw)::value;
+          if constexpr (!(Lanewise && L > 1)) {
+            constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+            forward_kernel<S, L, DecayInput, HardReset, Lanewise>
+                <<<grid_for(a.N, L), kThreads, 0, stream>>>(
+                static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
+                static_cast<S*>(v_last), decay, a.T, a.N, p, a.lanes);
+          }
+        });
       });
     });
   });
@@ -122,22 +131,29 @@ bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* g
                      void* grad_v0, float* grad_decay_partial, float* v_chunk) {
   const auto stream = static_cast<cudaStream_t>(a.stream);
   const Params<float> p = params_of(a);
-  const int lanes = packing_enabled() ? backward_thread_lanes<S>(
-                                            a.N, grad_decay_partial != nullptr, grad_spikes, x, grad_x)
-                                      : 1;
+  const int lanes = a.lanewise() || !packing_enabled()
+                        ? 1
+                        : backward_thread_lanes<S>(a.N, grad_decay_partial != nullptr, grad_spikes,
+                                                   x, grad_x);
   return with_surrogate(a.op.surrogate, [&](auto sg) {
-    with_backward_width(lanes, [&](auto width, auto dg) {
-      with_bool(a.op.decay_input, [&](auto di) {
-        with_bool(a.op.hard_reset, [&](auto hr) {
-          constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
-          constexpr bool DecayGrad = decltype(dg)::value;
-          constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-          backward_kernel<S, L, DecayGrad, SG, DecayInput, HardReset>
-              <<<grid_for(a.N, L), kThreads, 0, stream>>>(
-              static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
-              static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
-              static_cast<S*>(grad_v0), DecayGrad ? grad_decay_partial : nullptr, v_chunk, decay,
-              a.T, a.N, p);
+    with_bool(a.lanewise(), [&](auto lw) {
+      with_backward_width(lanes, [&](auto width, auto dg) {
+        with_bool(a.op.decay_input, [&](auto di) {
+          with_bool(a.op.hard_reset, [&](auto hr) {
+            constexpr int L = decltype(width)::value;
+            constexpr bool Lanewise = decltype(lw)::value;
+            if constexpr (!(Lanewise && L > 1)) {
+              constexpr int SG = decltype(sg)::value;
+              constexpr bool DecayGrad = decltype(dg)::value;
+              constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+              backward_kernel<S, L, DecayGrad, SG, DecayInput, HardReset, Lanewise>
+                  <<<grid_for(a.N, L), kThreads, 0, stream>>>(
+                  static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
+                  static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
+                  static_cast<S*>(grad_v0), DecayGrad ? grad_decay_partial : nullptr, v_chunk,
+                  decay, a.T, a.N, p, a.lanes);
+            }
+          });
         });
       });
     });

@@ -11,9 +11,11 @@ namespace tcl_fast {
 namespace lif {
 namespace {
 
-cuda::LaunchArgs launch_args(const at::Tensor& x, const OpScalars& op) {
+cuda::LaunchArgs launch_args(const at::Tensor& x, const at::Tensor& decay, const OpScalars& op,
+                             const OptionalAffine& affine = OptionalAffine{}) {
   cuda::LaunchArgs a;
   a.op = op;
+  a.lanes = lane_params_of<float>(x, decay, affine);
   switch (x.scalar_type()) {
     case at::kFloat: a.dtype = cuda::DType::kFloat32; break;
     case at::kHalf: a.dtype = cuda::DType::kFloat16; break;
@@ -28,21 +30,52 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, const OpScalars& op) {
   return a;
 }
 
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
+                                                const std::optional<at::Tensor>& v0,
+                                                const at::Tensor& decay,
+                                                const OptionalAffine& affine, const OpScalars& op) {
+  TORCH_CHECK(!op.smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty(neuron_sizes(x), x.options());
+  const auto a = launch_args(x, decay, op, affine);
+  const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr,
+                                  decay.data_ptr<float>(), spikes.data_ptr(), v_last.data_ptr());
+  TORCH_CHECK(err == nullptr, "tcl_fast::lif_forward CUDA launch failed: ", err);
+  return {spikes, v_last};
+}
+
+BackwardBuffers backward_cuda(const at::Tensor& grad_spikes,
+                              const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
+                              const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+                              const OptionalAffine& affine, const OpScalars& op,
+                              bool need_decay_grad, bool need_affine_grad) {
+  TORCH_CHECK(!op.smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
+  const c10::cuda::CUDAGuard guard(x.device());
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad);
+  auto a = launch_args(x, decay, op, affine);
+  a.lanes.grad_scale = out.grad_scale_ptr<float>();
+  a.lanes.grad_shift = out.grad_shift_ptr<float>();
+  if (a.N == 0 && need_affine_grad) {
+    out.grad_scale.zero_();
+    out.grad_shift.zero_();
+  }
+  const char* err = cuda::backward(
+      a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
+      x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
+      out.grad_x.data_ptr(), out.grad_v0_ptr(), out.decay_partial_ptr<float>(),
+      out.v_chunk_ptr<float>());
+  TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
     double alpha, double beta, bool smooth) {
   const OpScalars op = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                                         detach_reset, surrogate, alpha, beta, smooth);
-  TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
-  const c10::cuda::CUDAGuard guard(x.device());
-  auto spikes = at::empty_like(x);
-  auto v_last = at::empty(neuron_sizes(x), x.options());
-  const auto a = launch_args(x, op);
-  const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
-                                  spikes.data_ptr(), v_last.data_ptr());
-  TORCH_CHECK(err == nullptr, "tcl_fast::lif_forward CUDA launch failed: ", err);
-  return {spikes, v_last};
+  return forward_cuda(x, v0, decay, OptionalAffine{}, op);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
@@ -53,17 +86,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
   const OpScalars op = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                          hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                          smooth);
-  TORCH_CHECK(!smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
-  const c10::cuda::CUDAGuard guard(x.device());
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
-  const auto a = launch_args(x, op);
-  const char* err = cuda::backward(
-      a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
-      x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
-      out.grad_x.data_ptr(), out.grad_v0_ptr(),
-      out.decay_partial_ptr<float>(), out.v_chunk_ptr<float>());
-  TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
-  return out.finish(decay);
+  return backward_cuda(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{}, op, need_decay_grad,
+                       false)
+      .finish(decay);
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_affine_forward_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    double beta, bool smooth) {
+  const OpScalars op = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                                        detach_reset, surrogate, alpha, beta, smooth);
+  return forward_cuda(x, v0, decay, affine_of(x, decay, scale, shift), op);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_affine_backward_cuda(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
+    const std::optional<at::Tensor>& v0, const at::Tensor& decay, const at::Tensor& scale,
+    const at::Tensor& shift, double v_threshold, double v_reset, bool hard_reset, bool decay_input,
+    bool detach_reset, int64_t surrogate, double alpha, double beta, bool smooth,
+    bool need_decay_grad, bool need_affine_grad) {
+  const OpScalars op = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
+                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
+                                         smooth);
+  return backward_cuda(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift), op,
+                       need_decay_grad, need_affine_grad)
+      .finish_affine(decay, scale, shift);
 }
 
 }  // namespace
@@ -71,6 +120,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
 TORCH_LIBRARY_IMPL(tcl_fast, CUDA, m) {
   m.impl("lif_forward", &lif_forward_cuda);
   m.impl("lif_backward", &lif_backward_cuda);
+  m.impl("lif_affine_forward", &lif_affine_forward_cuda);
+  m.impl("lif_affine_backward", &lif_affine_backward_cuda);
 }
 
 }  // namespace lif

@@ -288,10 +288,12 @@ template <typename A>
 using SurrogateRowFn = void (*)(const A* h, A* sg, int n, const Params<A>& p);
 
 // ---- one time step ---------------------------------------------------------
+// k is the decay (1/tau) of this neuron: p.decay, or its own with a per-neuron
+// decay (Lanewise drivers).
 template <typename A, bool DecayInput>
-TCL_HD A charge(A v, A x, const Params<A>& p) {
-  if (DecayInput) return v + (x - (v - p.v_reset)) * p.decay;
-  return v - (v - p.v_reset) * p.decay + x;
+TCL_HD A charge(A v, A x, A k, const Params<A>& p) {
+  if (DecayInput) return v + (x - (v - p.v_reset)) * k;
+  return v - (v - p.v_reset) * k + x;
 }
 
 template <typename A, int SG, bool Smooth>
@@ -334,13 +336,13 @@ TCL_HD A surrogate_grad(A h, const Params<A>& p) {
 }
 
 template <typename A, bool DecayInput>
-TCL_HD A grad_x_from_h(A gh, const Params<A>& p) {
-  return DecayInput ? gh * p.decay : gh;
+TCL_HD A grad_x_from_h(A gh, A k) {
+  return DecayInput ? gh * k : gh;
 }
 
 template <typename A>
-TCL_HD A grad_v_prev_from_h(A gh, const Params<A>& p) {
-  return gh * (A(1) - p.decay);
+TCL_HD A grad_v_prev_from_h(A gh, A k) {
+  return gh * (A(1) - k);
 }
 
 // Store a value of the accumulation type into storage type S. A storage type
@@ -411,9 +413,75 @@ struct RowOut<S, LANES, true> {
 };
 
 // ---- whole-sequence drivers -------------------------------------------------
+template <typename A>
+struct LaneParams {
+  // Inputs, each nullable, indexed by the neuron's channel c = (n / inner) % channels:
+  // one per channel of a [B, C, H, W] layout (inner = H * W, channels = C), or
+  // one per neuron (inner = 1, channels = N).
+  const A* decay = nullptr;  // nullptr: p.decay for all
+  const A* scale = nullptr;  // input affine x * scale + shift; nullptr: 1
+  const A* shift = nullptr;  // nullptr: 0
+  int64_t inner = 1, channels = 1;
+  int64_t n0 = 0;            // the group's first neuron
+  // Outputs, per neuron (nullable, from n0 on): sums over t of g * x and of g.
+  A* grad_scale = nullptr;
+  A* grad_shift = nullptr;
+  // The parameters of the group or thread that starts at neuron n.
+  TCL_HD LaneParams at(int64_t n) const {
+    LaneParams q = *this;
+    q.n0 = n;
+    q.grad_scale = grad_scale ? grad_scale + n : nullptr;
+    q.grad_shift = grad_shift ? grad_shift + n : nullptr;
+    return q;
+  }
+};
+
+// A Lanewise driver's per-neuron decay, scale and shift, read once before the
+// time loop; the scalar drivers keep one decay and no affine (LANES 1 array,
+// never read).
+template <typename A, int LANES, bool Lanewise>
+struct LaneValues {
+  static constexpr int kN = Lanewise ? LANES : 1;
+  A k[kN], scale[kN], shift[kN];
+  TCL_HD LaneValues(const LaneParams<A>& q, const Params<A>& p) {
+    if constexpr (Lanewise) {
+      // Walk the channel index along the lanes: no division per lane.
+      int64_t c = (q.n0 / q.inner) % q.channels, r = q.n0 % q.inner;
+      for (int l = 0; l < LANES; ++l) {
+        k[l] = q.decay ? q.decay[c] : p.decay;
+        scale[l] = q.scale ? q.scale[c] : A(1);
+        shift[l] = q.shift ? q.shift[c] : A(0);
+        if (++r == q.inner) {
+          r = 0;
+          if (++c == q.channels) c = 0;
+        }
+      }
+    }
+  }
+  TCL_HD A decay(int l, const Params<A>& p) const {
+    if constexpr (Lanewise) return k[l];
+    else return p.decay;
+  }
+  // What neuron l charges with at a step whose input is x.
+  TCL_HD A input(int l, A x) const {
+    if constexpr (Lanewise) return x * scale[l] + shift[l];
+    else return x;
+  }
+};
 // A driver runs LANES neighbouring neurons over all T steps; v0 == nullptr
-// means every membrane starts at v_reset. Neuron l of the
-// group reads x[t * stride + l]. A CUDA thread calls it with a few packed lanes
+// means every membrane starts at v_reset.
+//
+// Lanewise drivers also take per-channel or per-neuron parameters
+// (LaneParams, each nullable): a decay (a learnt tau per channel), and an
+// input affine, the neuron charging with x * scale + shift instead of x (a
+// BatchNorm folded into the LIF: y stays the only tensor saved), whose
+// backward returns dL/dx = g * scale and the per-neuron sums over time of g
+// and g * x (the scale's and shift's gradients), g = dL/d(x * scale + shift).
+// They are separate instantiations so the scalar drivers, which run every
+// plain LIF layer, stay as they are: reading the decay from a lane array cost
+// the scalar path 1.02-1.11x its time (benchmarks/ab_lif_backward.sh, 5 rounds).
+//
+// Neuron l of the group reads x[t * stride + l]. A CUDA thread calls it with a few packed lanes
 // (or one), neighbouring threads on neighbouring neurons so a warp's accesses
 // are coalesced (lif_threads.h); the CPU kernel with a block of 128 unpacked
 // lanes so the inner lane loop vectorises and the block's rows stay in cache
@@ -429,11 +497,14 @@ constexpr int kTimeChunk = 16;
 // pins every load behind the previous step's store: one load in flight per
 // thread, latency-bound. The CPU kernel keeps TB = 1.
 template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
-          bool Packed = false, int TB = 1, typename S>
+          bool Packed = false, int TB = 1, bool Lanewise = false, typename S>
 TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
-                            S* __restrict__ spikes, S* __restrict__ v_last,
-                            int64_t T, int64_t stride, const Params<A>& p) {
+                            S* __restrict__ spikes, S* __restrict__ v_last, int64_t T,
+                            int64_t stride, const Params<A>& p,
+                            const LaneParams<A>& lanes = LaneParams<A>{}) {
+  static_assert(!(Lanewise && Packed), "Lanewise drivers read unpacked rows");
   A v[LANES];
+  const LaneValues<A, LANES, Lanewise> lv(lanes, p);
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
   int64_t t = 0;
@@ -451,7 +522,7 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
         RowOut<S, LANES, Packed> st(spikes + (t + j) * stride);
         TCL_UNROLL
         for (int l = 0; l < LANES; ++l) {
-          const A h = charge<A, DecayInput>(v[l], xb[j][l], p);
+          const A h = charge<A, DecayInput>(v[l], lv.input(l, xb[j][l]), lv.decay(l, p), p);
           const A s = fire<A, SG, Smooth>(h, p);
           v[l] = reset<A, HardReset>(h, s, p);
           st.set(l, s);
@@ -466,7 +537,7 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
     RowOut<S, LANES, Packed> st(spikes + t * stride);
     TCL_SIMD
     for (int l = 0; l < LANES; ++l) {
-      const A h = charge<A, DecayInput>(v[l], xt[l], p);
+      const A h = charge<A, DecayInput>(v[l], lv.input(l, xt[l]), lv.decay(l, p), p);
       const A s = fire<A, SG, Smooth>(h, p);
       v[l] = reset<A, HardReset>(h, s, p);
       st.set(l, s);
@@ -479,8 +550,10 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
 
 // grad_v_last and grad_v0 are nullable (no gradient flows in from the final
 // membrane / nobody wants the initial membrane's). grad_decay_partial
-// (nullable) receives this group's sum over time of dL/dh * dh/dk per neuron; a caller that never wants it sets DecayGrad = false,
-// which drops the per-step dh/dk buffer (registers on the GPU). v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
+// (nullable) receives this group's sum over time of dL/dh * dh/dk per neuron
+// (with a per-neuron decay, that neuron's whole decay gradient); a caller that
+// never wants it sets DecayGrad = false, which drops the per-step dh/dk buffer
+// (registers on the GPU). v_chunk is scratch of ceil(T/kTimeChunk) - 1 rows
 // (row stride `stride`) holding the membrane at the start of each later chunk.
 //
 // RB > 1 (GPU threads): the chunk's x rows are all loaded before the recompute,
@@ -490,17 +563,21 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
 // SG = kSurrogateByRow (CPU, not Smooth): sg_row_fn fills each row's surrogate
 // gradients before the row's walk back.
 template <typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, int LANES,
-          bool Packed = false, bool DecayGrad = true, int RB = 1, bool Fused = true, typename S>
+          bool Packed = false, bool DecayGrad = true, int RB = 1, bool Fused = true,
+          bool Lanewise = false, typename S>
 TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restrict__ grad_v_last,
                              const S* __restrict__ x, const S* __restrict__ v0,
                              S* __restrict__ grad_x, S* __restrict__ grad_v0,
                              A* __restrict__ grad_decay_partial, A* __restrict__ v_chunk,
                              int64_t T, int64_t stride, const Params<A>& p,
-                             SurrogateRowFn<A> sg_row_fn = nullptr) {
+                             SurrogateRowFn<A> sg_row_fn = nullptr,
+                             const LaneParams<A>& lanes = LaneParams<A>{}) {
+  static_assert(!(Lanewise && (Packed || RB > 1)), "Lanewise drivers read unpacked rows, RB = 1");
   constexpr bool kByRow = SG == kSurrogateByRow;
   static_assert(!(kByRow && Smooth), "smooth mode needs the surrogate's primitive inline");
   const int64_t num_chunks = (T + kTimeChunk - 1) / kTimeChunk;
   A v[LANES];
+  const LaneValues<A, LANES, Lanewise> lv(lanes, p);
   // Pass 1 (only when T spans several chunks): checkpoint the membrane.
   if (num_chunks > 1) {
     TCL_SIMD
@@ -511,7 +588,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         const RowIn<A, S, LANES, Packed> xt(x + t * stride);
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A h = charge<A, DecayInput>(v[l], xt[l], p);
+          const A h = charge<A, DecayInput>(v[l], lv.input(l, xt[l]), lv.decay(l, p), p);
           v[l] = reset<A, HardReset>(h, fire<A, SG, Smooth>(h, p), p);
         }
       }
@@ -523,10 +600,15 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
   // grad_v_last == nullptr: the final membrane gets no gradient (it is not
   // used), which spares reading a tensor of zeros.
   A gv[LANES], gk[LANES];
+  A gsc[Lanewise ? LANES : 1], gsh[Lanewise ? LANES : 1];  // the affine's sums (Lanewise)
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) {
     gv[l] = grad_v_last ? static_cast<A>(grad_v_last[l]) : A(0);
     gk[l] = A(0);
+  }
+  if constexpr (Lanewise) {
+    TCL_SIMD
+    for (int l = 0; l < LANES; ++l) gsc[l] = gsh[l] = A(0);
   }
   // Pass 2: chunks in reverse; recompute h inside the chunk, then walk back.
   for (int64_t c = num_chunks - 1; c >= 0; --c) {
@@ -554,8 +636,8 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         const S* __restrict__ xrow = x + (t0 + j) * stride;  // read here only when RB == 1
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A xv = RB > 1 ? h[j][l] : static_cast<A>(xrow[l]);
-          const A hv = charge<A, DecayInput>(v[l], xv, p);
+          const A xv = RB > 1 ? h[j][l] : lv.input(l, static_cast<A>(xrow[l]));
+          const A hv = charge<A, DecayInput>(v[l], xv, lv.decay(l, p), p);
           if constexpr (DecayGrad)
             dh_dk[j][l] = need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
           h[j][l] = hv;
@@ -594,9 +676,17 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
             else sg = surrogate_grad<A, SG, Fused>(hv, p);
             const A gh = grad_h_given_sg<A, HardReset, Fused>(g, gv[l], hv,
                                                               fire<A, SG, Smooth>(hv, p), sg, p);
-            gxt.set(l, grad_x_from_h<A, DecayInput>(gh, p));
+            const A gin = grad_x_from_h<A, DecayInput>(gh, lv.decay(l, p));  // dL/d(charged input)
+            if constexpr (Lanewise) {
+              // back through x * scale + shift; x re-read (this chunk's rows are in cache)
+              gxt.set(l, gin * lv.scale[l]);
+              gsh[l] += gin;
+              gsc[l] = mul_add<Fused>(gin, static_cast<A>(x[(t0 + j) * stride + l]), gsc[l]);
+            } else {
+              gxt.set(l, gin);
+            }
             if constexpr (DecayGrad) gk[l] = mul_add<Fused>(gh, dh_dk[j][l], gk[l]);
-            gv[l] = grad_v_prev_from_h(gh, p);
+            gv[l] = grad_v_prev_from_h(gh, lv.decay(l, p));
           }
           gxt.flush();
         }
@@ -610,6 +700,16 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
   if (need_decay_grad) {
     TCL_SIMD
     for (int l = 0; l < LANES; ++l) grad_decay_partial[l] = gk[l];
+  }
+  if constexpr (Lanewise) {
+    if (lanes.grad_scale) {
+      TCL_SIMD
+      for (int l = 0; l < LANES; ++l) lanes.grad_scale[l] = gsc[l];
+    }
+    if (lanes.grad_shift) {
+      TCL_SIMD
+      for (int l = 0; l < LANES; ++l) lanes.grad_shift[l] = gsh[l];
+    }
   }
 }
 

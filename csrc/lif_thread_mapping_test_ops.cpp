@@ -27,41 +27,108 @@ bool with_tested_surrogate(int64_t id, F&& f) {
   }
 }
 
-// Same schema as lif_forward / lif_backward, float32/float16/bfloat16: every
-// "thread" of the grid lif_cuda_kernels.cuh would launch runs forward_thread /
-// backward_thread from lif_threads.h with the lanes the launcher would pick
-// (16-bit storage: 8 lanes forward, as on the GPU). Serial and slow.
-std::tuple<at::Tensor, at::Tensor> lif_forward_thread_mapping(
-    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
-    double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
-    int64_t surrogate, double alpha, double beta, bool smooth) {
-  const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
-                                       detach_reset, surrogate, alpha, beta, smooth);
-  TORCH_CHECK(!smooth, kForwardOp, ": no smooth mode");
+// Same schemas as lif_forward / lif_backward and their affine twins,
+// float32/float16/bfloat16: every "thread" of the grid lif_cuda_kernels.cuh
+// would launch runs forward_thread / backward_thread from lif_threads.h with
+// the lanes the launcher would pick (16-bit storage: 8 lanes forward, as on the
+// GPU; one lane with per-neuron parameters). Serial and slow.
+std::tuple<at::Tensor, at::Tensor> forward_threads(const at::Tensor& x,
+                                                   const std::optional<at::Tensor>& v0,
+                                                   const at::Tensor& decay,
+                                                   const OptionalAffine& affine, const OpScalars& a) {
+  TORCH_CHECK(!a.smooth, kForwardOp, ": no smooth mode");
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
   auto p = make_params<float>(a);
   const int64_t T = x.size(0), N = num_neurons(x);
   with_kernel_storage<Float64::kRejected>(x, kForwardOp, [&](auto tag) {
     using S = decltype(tag);
-    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
+    LaneParams<float> lanes;
+    const bool lanewise = lane_params<float>(x, decay, affine, p, lanes);  // float32: x's dtype is checked
     const S* x_p = data_as<S>(x);
     const S* v0_p = optional_data_as<S>(v0);
     S* spikes_p = mutable_data_as<S>(spikes);
     S* v_last_p = mutable_data_as<S>(v_last);
-    const int lanes = forward_thread_lanes<S>(N, x_p, spikes_p);
-    with_forward_width<S>(lanes, [&](auto width) {
-      with_bool(decay_input, [&](auto di) {
-        with_bool(hard_reset, [&](auto hr) {
-          constexpr int L = decltype(width)::value;
-          constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-          for (int64_t t = 0; t * L < N; ++t)
-            forward_thread<S, L, DecayInput, HardReset>(t, x_p, v0_p, spikes_p, v_last_p, T, N, p);
+    const int width = lanewise ? 1 : forward_thread_lanes<S>(N, x_p, spikes_p);
+    with_bool(lanewise, [&](auto lw) {
+      with_forward_width<S>(width, [&](auto w) {
+        with_bool(a.decay_input, [&](auto di) {
+          with_bool(a.hard_reset, [&](auto hr) {
+            constexpr int L = decltype(w)::value;
+            constexpr bool Lanewise = decltype(lw)::value;
+            constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+            if constexpr (!(Lanewise && L > 1)) {
+              for (int64_t t = 0; t * L < N; ++t)
+                forward_thread<S, L, DecayInput, HardReset, Lanewise>(t, x_p, v0_p, spikes_p,
+                                                                      v_last_p, T, N, p, lanes);
+            }
+          });
         });
       });
     });
   });
   return {spikes, v_last};
+}
+
+BackwardBuffers backward_threads(const at::Tensor& grad_spikes,
+                                 const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
+                                 const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+                                 const OptionalAffine& affine, const OpScalars& a,
+                                 bool need_decay_grad, bool need_affine_grad) {
+  TORCH_CHECK(!a.smooth, kBackwardOp, ": no smooth mode");
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad);
+  auto p = make_params<float>(a);
+  const int64_t T = x.size(0), N = num_neurons(x);
+  bool known = true;
+  with_kernel_storage<Float64::kRejected>(x, kBackwardOp, [&](auto tag) {
+    using S = decltype(tag);
+    LaneParams<float> lanes;  // float32: x's dtype is checked
+    const bool lanewise = lane_params<float>(x, decay, affine, p, lanes);
+    lanes.grad_scale = out.grad_scale_ptr<float>();
+    lanes.grad_shift = out.grad_shift_ptr<float>();
+    float* grad_decay_partial = out.decay_partial_ptr<float>();
+    float* v_chunk = out.v_chunk_ptr<float>();
+    const S* grad_spikes_p = data_as<S>(grad_spikes);
+    const S* grad_v_last_p = optional_data_as<S>(grad_v_last);
+    const S* x_p = data_as<S>(x);
+    const S* v0_p = optional_data_as<S>(v0);
+    S* grad_x_p = mutable_data_as<S>(out.grad_x);
+    S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());
+    const int width = lanewise ? 1
+                               : backward_thread_lanes<S>(N, grad_decay_partial != nullptr,
+                                                          grad_spikes_p, x_p, grad_x_p);
+    known = with_tested_surrogate(a.surrogate, [&](auto sg) {
+      with_bool(lanewise, [&](auto lw) {
+        with_backward_width(width, [&](auto w, auto dg) {
+          with_bool(a.decay_input, [&](auto di) {
+            with_bool(a.hard_reset, [&](auto hr) {
+              constexpr int SG = decltype(sg)::value, L = decltype(w)::value;
+              constexpr bool DecayGrad = decltype(dg)::value, Lanewise = decltype(lw)::value;
+              constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+              if constexpr (!(Lanewise && L > 1)) {
+                for (int64_t t = 0; t * L < N; ++t)
+                  backward_thread<S, L, DecayGrad, SG, DecayInput, HardReset, Lanewise>(
+                      t, grad_spikes_p, grad_v_last_p, x_p, v0_p, grad_x_p, grad_v0_p,
+                      DecayGrad ? grad_decay_partial : nullptr, v_chunk, T, N, p, lanes);
+              }
+            });
+          });
+        });
+      });
+    });
+  });
+  TORCH_CHECK(known, kBackwardOp, " is built for sigmoid and piecewise_leaky_relu only, ",
+              "got surrogate id ", a.surrogate);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_forward_thread_mapping(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+    double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
+    int64_t surrogate, double alpha, double beta, bool smooth) {
+  const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                                       detach_reset, surrogate, alpha, beta, smooth);
+  return forward_threads(x, v0, decay, OptionalAffine{}, a);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_thread_mapping(
@@ -72,48 +139,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_thread_mapping(
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
-  TORCH_CHECK(!smooth, kBackwardOp, ": no smooth mode");
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
-  auto p = make_params<float>(a);
-  const int64_t T = x.size(0), N = num_neurons(x);
-  bool known = true;
-  with_kernel_storage<Float64::kRejected>(x, kBackwardOp, [&](auto tag) {
-    using S = decltype(tag);
-    p.decay = decay.data_ptr<float>()[0];  // float32 here: x's dtype is checked
-    float* grad_decay_partial = out.decay_partial_ptr<float>();
-    float* v_chunk = out.v_chunk_ptr<float>();
-    const S* grad_spikes_p = data_as<S>(grad_spikes);
-    const S* grad_v_last_p = optional_data_as<S>(grad_v_last);
-    const S* x_p = data_as<S>(x);
-    const S* v0_p = optional_data_as<S>(v0);
-    S* grad_x_p = mutable_data_as<S>(out.grad_x);
-    S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());
-    const int lanes =
-        backward_thread_lanes<S>(N, grad_decay_partial != nullptr, grad_spikes_p, x_p, grad_x_p);
-    known = with_tested_surrogate(surrogate, [&](auto sg) {
-      with_backward_width(lanes, [&](auto width, auto dg) {
-        with_bool(decay_input, [&](auto di) {
-          with_bool(hard_reset, [&](auto hr) {
-            constexpr int SG = decltype(sg)::value, L = decltype(width)::value;
-            constexpr bool DecayGrad = decltype(dg)::value;
-            constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-            for (int64_t t = 0; t * L < N; ++t)
-              backward_thread<S, L, DecayGrad, SG, DecayInput, HardReset>(
-                  t, grad_spikes_p, grad_v_last_p, x_p, v0_p, grad_x_p, grad_v0_p,
-                  DecayGrad ? grad_decay_partial : nullptr, v_chunk, T, N, p);
-          });
-        });
-      });
-    });
-  });
-  TORCH_CHECK(known, kBackwardOp, " is built for sigmoid and piecewise_leaky_relu only, ",
-              "got surrogate id ", surrogate);
-  return out.finish(decay);
+  return backward_threads(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{}, a,
+                          need_decay_grad, false)
+      .finish(decay);
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_affine_forward_thread_mapping(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    double beta, bool smooth) {
+  const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
+                                       detach_reset, surrogate, alpha, beta, smooth);
+  return forward_threads(x, v0, decay, affine_of(x, decay, scale, shift), a);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lif_affine_backward_thread_mapping(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
+    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
+    double beta, bool smooth, bool need_decay_grad, bool need_affine_grad) {
+  const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
+                                        hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
+                                        smooth);
+  return backward_threads(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift), a,
+                          need_decay_grad, need_affine_grad)
+      .finish_affine(decay, scale, shift);
 }
 
 }  // namespace
 
-// Same schemas as tcl_fast::lif_forward / lif_backward (csrc/ops.cpp).
+// Same schemas as tcl_fast::lif_forward / lif_backward and lif_affine_* (csrc/ops.cpp).
 TORCH_LIBRARY(tcl_fast_testing, m) {
   m.def(
       "lif_forward_thread_mapping(Tensor x, Tensor? v0, Tensor decay, float v_threshold, "
@@ -125,11 +183,24 @@ TORCH_LIBRARY(tcl_fast_testing, m) {
       "bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
       "bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+  m.def(
+      "lif_affine_forward_thread_mapping(Tensor x, Tensor? v0, Tensor decay, Tensor scale, "
+      "Tensor shift, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
+      "bool detach_reset, int surrogate, float alpha, float beta, bool smooth) "
+      "-> (Tensor spikes, Tensor v_last)");
+  m.def(
+      "lif_affine_backward_thread_mapping(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, "
+      "Tensor? v0, Tensor decay, Tensor scale, Tensor shift, float v_threshold, float v_reset, "
+      "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
+      "float beta, bool smooth, bool need_decay_grad, bool need_affine_grad) "
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift)");
 }
 
 TORCH_LIBRARY_IMPL(tcl_fast_testing, CPU, m) {
   m.impl("lif_forward_thread_mapping", &lif_forward_thread_mapping);
   m.impl("lif_backward_thread_mapping", &lif_backward_thread_mapping);
+  m.impl("lif_affine_forward_thread_mapping", &lif_affine_forward_thread_mapping);
+  m.impl("lif_affine_backward_thread_mapping", &lif_affine_backward_thread_mapping);
 }
 
 }  // namespace cpu

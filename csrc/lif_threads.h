@@ -89,31 +89,37 @@ template <int LANES>
 constexpr int kForwardTimeBatch = LANES == 1 ? 8 : 4;
 constexpr int kBackwardTimeBatch = 4;
 
-template <typename S, int LANES, bool DecayInput, bool HardReset>
+// Lanewise (per-neuron decay, input affine; lif_math.h): one neuron per
+// thread, whose few per-neuron values stay in registers.
+template <typename S, int LANES, bool DecayInput, bool HardReset, bool Lanewise = false>
 TCL_HD void forward_thread(int64_t thread, const S* __restrict__ x, const S* __restrict__ v0,
                            S* __restrict__ spikes, S* __restrict__ v_last, int64_t T, int64_t N,
-                           const Params<float>& p) {
+                           const Params<float>& p, const LaneParams<float>& lanes) {
+  static_assert(!(Lanewise && LANES > 1), "Lanewise threads run one neuron");
   const int64_t n = thread * LANES;
   if (n >= N) return;
   forward_neurons<float, kSigmoid, DecayInput, HardReset, false, LANES, (LANES > 1),
-                  kForwardTimeBatch<LANES>>(
-      x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p);
+                  kForwardTimeBatch<LANES>, Lanewise>(
+      x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p, lanes.at(n));
 }
 
 // DecayGrad: this instance may compute the decay gradient (LANES == 1 only).
-template <typename S, int LANES, bool DecayGrad, int SG, bool DecayInput, bool HardReset>
+template <typename S, int LANES, bool DecayGrad, int SG, bool DecayInput, bool HardReset,
+          bool Lanewise = false>
 TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
                             const S* __restrict__ grad_v_last, const S* __restrict__ x,
                             const S* __restrict__ v0, S* __restrict__ grad_x,
                             S* __restrict__ grad_v0, float* __restrict__ grad_decay_partial,
                             float* __restrict__ v_chunk, int64_t T, int64_t N,
-                            const Params<float>& p) {
+                            const Params<float>& p, const LaneParams<float>& lanes) {
+  static_assert(!(Lanewise && LANES > 1), "Lanewise threads run one neuron");
   const int64_t n = thread * LANES;
   if (n >= N) return;
   backward_neurons<float, SG, DecayInput, HardReset, false, LANES, (LANES > 1), DecayGrad,
-                   kBackwardTimeBatch>(
+                   Lanewise ? 1 : kBackwardTimeBatch, true, Lanewise>(
       grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,
-      at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p);
+      at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p,
+      nullptr, lanes.at(n));
 }
 
 }  // namespace lif

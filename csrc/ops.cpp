@@ -28,8 +28,8 @@ std::string cpu_isa_name();  // lif_cpu.cpp
 
 TORCH_LIBRARY(tcl_fast, m) {
   // x: [T, *neurons] contiguous, run as [T, N] (N = the neuron dims' product); v0: x.shape[1:] or
-  // None (start at v_reset); v_last: x.shape[1:]; decay: 0-dim (float32, float64 for float64 x)
-  // holding k = 1/tau. surrogate: an id of csrc/lif_math.h's Surrogate (tcl_fast/ops/lif_reference.py
+  // None (start at v_reset); v_last: x.shape[1:]; decay (float32, float64 for float64 x): k = 1/tau,
+  // one element, or x.shape[1:] contiguous for one per neuron (a learnt tau per channel). surrogate: an id of csrc/lif_math.h's Surrogate (tcl_fast/ops/lif_reference.py
   // SURROGATES); alpha and beta its parameters (beta: piecewise_leaky_relu's c, else unused).
   // smooth: test mode firing the surrogate's primitive (see csrc/lif_math.h).
   m.def(
@@ -38,12 +38,28 @@ TORCH_LIBRARY(tcl_fast, m) {
       "float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
   // grad_v_last None: no gradient flows in from the final membrane. grad_v0 has
   // v0's shape when v0 is given, else is empty ([0]); grad_decay is 0-dim with
-  // need_decay_grad, else empty ([0]).
+  // need_decay_grad (decay's shape), else empty ([0]).
   m.def(
       "lif_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, Tensor decay, "
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
       "int surrogate, float alpha, float beta, bool smooth, bool need_decay_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
+  // LIF of an affine input: the neuron charges with x * scale + shift (scale,
+  // shift: x.shape[1:], contiguous, decay's dtype; a BatchNorm folded into the
+  // LIF, so that x = the BN input is all autograd keeps). decay may also be
+  // per neuron here. grad_x = dL/dx = g * scale, grad_scale = sum_t g * x,
+  // grad_shift = sum_t g (g = dL/d(x * scale + shift)), each of x.shape[1:] with
+  // need_affine_grad, else empty ([0]); the rest as lif_backward.
+  m.def(
+      "lif_affine_forward(Tensor x, Tensor? v0, Tensor decay, Tensor scale, Tensor shift, "
+      "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
+      "int surrogate, float alpha, float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
+  m.def(
+      "lif_affine_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
+      "Tensor decay, Tensor scale, Tensor shift, float v_threshold, float v_reset, bool hard_reset, "
+      "bool decay_input, bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
+      "bool need_decay_grad, bool need_affine_grad) "
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift)");
   // Spikes as bits (csrc/spike_pack.cpp; tcl_fast/pack.py): x holds 0/1 in float16/bfloat16/
   // float32/float64, read flat in memory order; bits: uint8 [ceil(numel/8)], element i is bit
   // i % 8 (LSB first) of byte i / 8. unpack_spikes returns a flat [numel] tensor of 0/1 in dtype.

@@ -94,6 +94,9 @@ def _tcl_to_sj(path: str, node: tnn.BaseNode) -> nn.Module:
     if isinstance(node, tnn.LIFNode):
         new = sj.LIFNode(tau=node.tau, decay_input=node.decay_input, **common)
     elif isinstance(node, tnn.ParametricLIFNode):
+        if node.w.dim() > 0:
+            raise ConversionError(f"{path}: a tau per channel (channels={node.w.numel()}) has no "
+                                  "SpikingJelly counterpart (its ParametricLIFNode learns one w)")
         new = sj.ParametricLIFNode(decay_input=node.decay_input, **common)
         new.w = nn.Parameter(node.w.detach().clone(), requires_grad=node.w.requires_grad)
     elif isinstance(node, tnn.IFNode):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcl_fast.nn.lif import LIFMultiStep
+from tcl_fast.nn.lif import LIFMultiStep, learnt_decay
 from tcl_fast.ops.lif import lif_multistep
 from tcl_fast.ops.pack import mark_spikes
 
@@ -100,7 +100,9 @@ def _saved_running(rmean, rvar):
     return rmean.clone(), rvar.clone()
 
 
-def _lif_call(lif: LIFMultiStep, z: torch.Tensor, decay):
+def _lif_call(lif: LIFMultiStep, z: torch.Tensor, lif_w):
+    """The LIF of the block; ``lif_w``: its learnt ``w`` (one or per channel) or None."""
+    decay = learnt_decay(lif_w, z, type(lif).__name__) if lif_w is not None else 1.0 / lif.tau
     return lif_multistep(z, None, decay=decay, spec=lif.spec, backend=lif.backend)
 
 
@@ -133,8 +135,7 @@ class _BNLIFFunction(torch.autograd.Function):
         z = _normalise(branches, running, ys, ws, bs, factors, T)
         if residual is not None:
             z = z + residual
-        decay = torch.sigmoid(lif_w) if lif_w is not None else 1.0 / lif.tau
-        spikes = _lif_call(lif, z, decay)
+        spikes = _lif_call(lif, z, lif_w)
         # Eval mode normalises with the running statistics: keep this call's (C-sized) copy.
         stats = [(None, None) if training else _saved_running(rm, rv)
                  for (_, training), (rm, rv) in zip(branches, running)]
@@ -174,8 +175,7 @@ class _BNLIFFunction(torch.autograd.Function):
             z = _normalise(ctx.branches, stats, ys_, ws_, bs_, [0.0] * n, ys_[0].shape[0])
             if r_ is not None:
                 z = z + r_
-            decay = torch.sigmoid(lw_) if lw_ is not None else 1.0 / ctx.lif.tau
-            spikes = _lif_call(ctx.lif, z, decay)
+            spikes = _lif_call(ctx.lif, z, lw_)
         grads = torch.autograd.grad(spikes, leaves, grad_spikes) if leaves else ()
         out = [None] * len(needs)
         for idx, g in zip(slots, grads):

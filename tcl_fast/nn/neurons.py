@@ -29,6 +29,7 @@ from torch import nn
 
 from tcl_fast.nn.surrogate import resolve_surrogate, to_spikingjelly
 from tcl_fast.nn._spec import SpecAttributes
+from tcl_fast.nn.lif import check_channels, learnt_decay
 from tcl_fast.ops.lif import BACKENDS, NeuronSpec, lif_multistep
 
 STEP_MODES = ("s", "m")
@@ -111,11 +112,12 @@ class BaseNode(SpecAttributes, nn.Module):
             self.v_seq = self.v_seq.detach()
 
     # ------------------------------------------------------------------ forward
-    def _decay(self) -> float | torch.Tensor:
+    def _decay(self, x_seq: torch.Tensor) -> float | torch.Tensor:
+        """k = 1/tau for the sequence ``x_seq: [T, B, ...]`` (a step: T = 1)."""
         raise NotImplementedError
 
     def _kernel(self, x_seq: torch.Tensor, v0: torch.Tensor | None):
-        return lif_multistep(x_seq, v0, decay=self._decay(), spec=self.spec, return_v=True,
+        return lif_multistep(x_seq, v0, decay=self._decay(x_seq), spec=self.spec, return_v=True,
                              backend=self.backend)
 
     def _v0(self, neuron_shape: torch.Size, what: str) -> torch.Tensor | None:
@@ -199,7 +201,7 @@ class LIFNode(BaseNode):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode,
                          store_v_seq, backend, decay_input=decay_input, **kwargs)
 
-    def _decay(self) -> float:
+    def _decay(self, x_seq: torch.Tensor) -> float:
         return 1.0 / self.tau
 
     def extra_repr(self) -> str:
@@ -210,26 +212,32 @@ class ParametricLIFNode(BaseNode):
     """SpikingJelly's ``ParametricLIFNode`` (PLIF): ``1/tau = sigmoid(w)``, ``w`` learnt.
 
     ``w`` is a 0-dim parameter named as in SpikingJelly, so its state dicts load.
+    ``channels=C`` (tcl_fast only) learns one ``w`` per channel instead:
+    ``w: [C]``, the input ``[B, C, ...]`` per step (``[T, B, C, ...]`` per
+    sequence).
     """
 
     def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
                  v_reset: float | None = 0.0, surrogate_function=None, detach_reset: bool = False,
-                 step_mode: str = "s", store_v_seq: bool = False, backend: str = "auto", **kwargs):
+                 step_mode: str = "s", store_v_seq: bool = False, backend: str = "auto", *,
+                 channels: int | None = None, **kwargs):
         if isinstance(init_tau, bool) or not isinstance(init_tau, (int, float)):
             raise TypeError(f"init_tau must be a float, got {type(init_tau).__name__}")
         if not (math.isfinite(init_tau) and init_tau > 1):
             raise ValueError(f"init_tau must be finite and > 1 (w = -log(init_tau - 1)), got {init_tau}")
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode,
                          store_v_seq, backend, decay_input=decay_input, **kwargs)
-        self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
+        channels = check_channels(channels)
+        self.w = nn.Parameter(torch.full(() if channels is None else (channels,), -math.log(init_tau - 1.0)))
 
-    def _decay(self) -> torch.Tensor:
-        return self.w.sigmoid()
+    def _decay(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return learnt_decay(self.w, x_seq, type(self).__name__)
 
     def extra_repr(self) -> str:
         with torch.no_grad():
-            tau = 1.0 / self.w.sigmoid().item()
-        return f"tau={tau}, decay_input={self.decay_input}, " + super().extra_repr()
+            taus = (1.0 / self.w.sigmoid()).tolist()
+        tau = f"tau={taus}" if self.w.dim() == 0 else f"channels={len(taus)}, tau in [{min(taus):.4g}, {max(taus):.4g}]"
+        return f"{tau}, decay_input={self.decay_input}, " + super().extra_repr()
 
 
 class IFNode(BaseNode):
@@ -241,5 +249,5 @@ class IFNode(BaseNode):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode,
                          store_v_seq, backend, decay_input=False, **kwargs)
 
-    def _decay(self) -> float:
+    def _decay(self, x_seq: torch.Tensor) -> float:
         return 0.0

@@ -191,19 +191,22 @@ _IF_NEEDS = ("no leak (an IF neuron) needs decay_input=False: with decay_input=T
 
 
 def validate_decay(tau=2.0, decay=None, decay_input: bool = True):
-    """Return k = 1/tau (``decay`` when given) as a float or a 0-dim tensor.
+    """Return k = 1/tau (``decay`` when given) as a float or a tensor.
 
     Valid: k in (0, 1], i.e. tau in [1, inf); and k = 0 (tau = inf, an IF neuron
     h = v + x) only with ``decay_input=False``. NaN never. Errors name the
-    argument the caller passed. A tensor on CUDA is checked on the device
+    argument the caller passed. A tensor may hold one value (returned 0-dim) or
+    one per neuron (kept as it is; ``lif_multistep`` checks that it broadcasts
+    to the neuron dims). A tensor on CUDA is checked on the device
     (``torch._assert_async``): no host sync, and a bad value fails the next
     synchronising call with this message.
     """
     name, value = ("tau", tau) if decay is None else ("decay", decay)
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError(f"{name} must be a float or a floating-point scalar tensor")
-        value = value.reshape(())
+        if value.numel() == 0 or not value.is_floating_point():
+            raise ValueError(f"{name} must be a float or a non-empty floating-point tensor")
+        if value.numel() == 1:
+            value = value.reshape(())
         k = value if name == "decay" else 1.0 / value  # 1/inf = 0: the IF neuron
         _check_decay_tensor(k, name, decay_input)
         return k
@@ -235,10 +238,16 @@ def _check_decay_tensor(k: torch.Tensor, name: str, decay_input: bool) -> None:
     k = k.detach()
     allowed = "tau must be in [1, inf)" if name == "tau" else "decay must be in (0, 1]"
     if k.device.type == "cuda":
-        # Two tiny kernels and a device-side assert: no host wait (.item() would sync every LIF call).
+        # Tiny kernels and a device-side assert: no host wait (.item() would sync every LIF call).
         ok = (k > 0) & (k <= 1) if decay_input else (k >= 0) & (k <= 1)
-        torch._assert_async(ok, f"{allowed} and not NaN" + (f"; {name} with {_IF_NEEDS}" if decay_input else ""))
+        torch._assert_async(ok.all(), f"{allowed} and not NaN"
+                            + (f"; {name} with {_IF_NEEDS}" if decay_input else ""))
         return
+    if k.numel() > 1:  # per-neuron: report the first bad value, if any
+        ok = (k > 0) & (k <= 1) if decay_input else (k >= 0) & (k <= 1)
+        if bool(ok.all()):
+            return
+        k = k.flatten()[(~ok.flatten()).nonzero()[0, 0]]
     v = float(k)
     given = (math.inf if v == 0 else 1.0 / v) if name == "tau" else v
     if v == 0 and decay_input:
@@ -367,7 +376,9 @@ def lif_multistep(
 
     Returns spikes ``[T, *]`` in ``x.dtype``; with ``return_v`` also the final
     membrane ``[*]`` (feed it back as ``v0`` to stream over chunks of time).
-    ``tau`` may be a tensor (learnable); ``decay`` (= 1/tau) overrides ``tau``.
+    ``tau`` may be a tensor (learnable), of one value or one per neuron
+    (broadcasting to ``x.shape[1:]``, e.g. ``[C, 1, 1]`` for one tau per
+    channel of ``[T, B, C, H, W]``); ``decay`` (= 1/tau) overrides ``tau``.
     ``v_reset=None`` selects the soft reset. ``surrogate_beta`` is the
     surrogate's second parameter (piecewise_leaky_relu's c, default 0.01).
     A ``spec`` (``NeuronSpec``, validated when built) replaces the firing
@@ -400,8 +411,12 @@ def lif_multistep(
             raise ValueError(f"v0 is on {v0.device} but x is on {x.device}")
         if v0.dtype != x.dtype:
             raise TypeError(f"v0 must have x's dtype {x.dtype}, got {v0.dtype}")
-    if isinstance(k, torch.Tensor) and k.device != x.device and k.device.type != "cpu":
-        raise ValueError(f"tau/decay tensor is on {k.device} but x is on {x.device}")
+    if isinstance(k, torch.Tensor):
+        if k.device != x.device and k.device.type != "cpu":
+            raise ValueError(f"tau/decay tensor is on {k.device} but x is on {x.device}")
+        if k.dim() > 0 and _broadcast_shape(k.shape, neuron_shape) != neuron_shape:
+            raise ValueError(f"a per-neuron tau/decay must broadcast to the neuron dims x.shape[1:] = "
+                             f"{tuple(neuron_shape)}, got shape {tuple(k.shape)}")
     backend = resolve_backend(backend, x.device, x.dtype)
 
     if backend == "torch":
@@ -413,20 +428,46 @@ def lif_multistep(
 
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if isinstance(k, torch.Tensor):
-        k = k.to(device=x.device, dtype=acc_dtype)
+        k = lane_param(k.to(device=x.device, dtype=acc_dtype), neuron_shape)
     else:
         k = _constant_decay(float(k), x.device, acc_dtype)
     params = (*spec.kernel_args, _smooth)
     # One copy at most (non-contiguous / channels_last); None: start at v_r.
     x_c = x.contiguous()
     v0_c = None if v0 is None else v0.contiguous()
-    if backend == "triton":  # its op takes [T, N]
+    if backend == "triton":  # its op takes [T, N] and a decay of one element or [N]
         T = x.shape[0]
+        k = k.expand(neuron_shape).contiguous().view(-1) if k.dim() > 0 else k
         spikes, v_last = _lif_triton(x_c.view(T, -1), None if v0_c is None else v0_c.view(-1), k, *params)
         spikes, v_last = spikes.view(x.shape), v_last.view(neuron_shape)
     else:  # the C++/CUDA op takes [T, *neurons] as it is: no view nodes for autograd
         spikes, v_last = _lif_op(x_c, v0_c, k, *params)
     return _emit(spikes, v_last, return_v, _smooth)
+
+
+def lane_param(t: torch.Tensor, neuron_shape: torch.Size) -> torch.Tensor:
+    """A per-channel / per-neuron kernel parameter (a decay, a BN scale or shift) in
+    the layout the C++/CUDA kernels index (csrc/lif_common.h lane_layout): 0-dim
+    for one value; kept as it is (contiguous, leading 1s dropped) when all its
+    dims but one are 1, so a ``[C, 1, 1]`` per-channel value is never expanded
+    or saved at the neurons' size; else expanded to ``neuron_shape``. Autograd
+    sums the gradient back to ``t``'s shape."""
+    if t.dim() == 0:
+        return t
+    if t.numel() == 1:
+        return t.reshape(())
+    while t.dim() > len(neuron_shape):
+        t = t.squeeze(0)
+    if sum(size != 1 for size in t.shape) == 1:
+        return t.contiguous()
+    return t.expand(neuron_shape).contiguous()
+
+
+def _broadcast_shape(a, b):
+    try:
+        return torch.broadcast_shapes(a, b)
+    except RuntimeError:
+        return None
 
 
 def _emit(spikes, v_last, return_v, smooth):

@@ -204,6 +204,14 @@ if _TRITON_IMPORT_ERROR is None:
                 dv_dh = 1.0 - v_th * sg
         return grad_s * sg + grad_v * dv_dh
 
+    @triton.jit
+    def _load_decay(decay_ptr, offs, mask, DECAY_PER_NEURON: tl.constexpr):
+        # One decay for all neurons, or [N], one each (a learnt tau per channel, expanded).
+        if DECAY_PER_NEURON:
+            return tl.load(decay_ptr + offs, mask=mask, other=0.5)
+        else:
+            return tl.load(decay_ptr)
+
     # ------------------------------------------------------------- kernels ----
     # Python floats reach a compiled kernel as fp32; annotating them fp64 keeps
     # v_threshold = 0.3 exact for float64 input. tl.full casts them to the
@@ -215,11 +223,12 @@ if _TRITON_IMPORT_ERROR is None:
         x_ptr, v0_ptr, decay_ptr, spikes_ptr, v_last_ptr, T, N,
         v_threshold: tl.float64, v_reset: tl.float64, alpha: tl.float64, beta: tl.float64,
         HAS_V0: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
-        SURROGATE: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr,
+        SURROGATE: tl.constexpr, SMOOTH: tl.constexpr, DECAY_PER_NEURON: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
-        k = tl.load(decay_ptr)
+        k = _load_decay(decay_ptr, offs, mask, DECAY_PER_NEURON)
         v_th = tl.full([], v_threshold, k.dtype)
         v_r = tl.full([], v_reset, k.dtype)
         a = tl.full([], alpha, k.dtype)
@@ -246,11 +255,11 @@ if _TRITON_IMPORT_ERROR is None:
         HAS_V0: tl.constexpr, HAS_GRAD_V: tl.constexpr, HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
         SURROGATE: tl.constexpr, SMOOTH: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr,
-        H_IN_GRAD_X: tl.constexpr, BLOCK: tl.constexpr,
+        H_IN_GRAD_X: tl.constexpr, DECAY_PER_NEURON: tl.constexpr, BLOCK: tl.constexpr,
     ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
-        k = tl.load(decay_ptr)
+        k = _load_decay(decay_ptr, offs, mask, DECAY_PER_NEURON)
         v_th = tl.full([], v_threshold, k.dtype)
         v_r = tl.full([], v_reset, k.dtype)
         a = tl.full([], alpha, k.dtype)
@@ -384,7 +393,8 @@ if _TRITON_IMPORT_ERROR is None:
                 x2d, x2d if v0 is None else v0, decay, spikes, v_last, T, N,
                 v_threshold, v_reset, alpha, beta, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
                 DECAY_INPUT=decay_input, SURROGATE=surrogate_id,
-                SMOOTH=smooth, enable_fp_fusion=False, **_LAUNCH_META,
+                SMOOTH=smooth, DECAY_PER_NEURON=decay.dim() > 0, enable_fp_fusion=False,
+                **_LAUNCH_META,
             )
         return spikes, v_last
 
@@ -416,10 +426,13 @@ if _TRITON_IMPORT_ERROR is None:
                 HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
                 DETACH_RESET=detach_reset, SURROGATE=surrogate_id, SMOOTH=smooth,
                 NEED_DECAY_GRAD=need_decay_grad,
-                H_IN_GRAD_X=h_in_grad_x, enable_fp_fusion=False, **_LAUNCH_META,
+                H_IN_GRAD_X=h_in_grad_x, DECAY_PER_NEURON=decay.dim() > 0, enable_fp_fusion=False,
+                **_LAUNCH_META,
             )
         if not need_decay_grad:
             grad_decay = decay.new_empty(0)  # like the C++ op: no fill kernel for a discarded value
+        elif decay.dim() > 0:  # one decay per neuron: its gradient is that neuron's part
+            grad_decay = grad_decay_parts.view(decay.shape)
         elif N > 0:
             grad_decay = grad_decay_parts.sum().reshape(decay.shape)
         else:
@@ -455,8 +468,8 @@ def lif_forward_triton(x2d, v0, decay, v_threshold, v_reset, hard_reset, decay_i
 
     Arguments are already validated by ``tcl_fast.ops.lif.lif_multistep``:
     contiguous ``x2d``/``v0`` of one float dtype (``v0=None``: every membrane
-    starts at ``v_reset``), ``decay`` a 0-dim tensor in the accumulation dtype
-    (float32, float64 for float64 ``x``).
+    starts at ``v_reset``), ``decay`` in the accumulation dtype (float32,
+    float64 for float64 ``x``): 0-dim, or ``[N]`` for one decay per neuron.
     """
     if _TRITON_IMPORT_ERROR is not None:
         raise RuntimeError(

@@ -24,7 +24,8 @@ def build_model(name: str, num_classes: int, in_channels: int, *, proj_dim: int 
     """Build a model by name; extra keyword arguments go to every ``LIFMultiStep``.
 
     ``fuse_bn`` runs each BN that feeds a LIF inside it (``set_bn_fusion``): same
-    parameters, state dict and results, less memory held for backward.
+    parameters and state dict, less memory held for backward, results equal up
+    to float rounding (bit for bit with ``set_bn_fusion(model, impl="recompute")``).
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model name {name!r}; choose one of {', '.join(MODELS)}")

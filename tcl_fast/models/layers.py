@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tcl_fast.nn import LIFMultiStep
-from tcl_fast.nn.bnlif import bn_lif
+from tcl_fast.nn.bnlif import IMPLS, bn_lif
 
 
 class SNNOutput(NamedTuple):
@@ -50,13 +50,14 @@ def _pre_bn(seq: SeqToANN, x: torch.Tensor):
 
 
 def seq_bn_lif(seq: SeqToANN, lif: LIFMultiStep, x: torch.Tensor, residual: torch.Tensor | None = None,
-               shortcut: SeqToANN | None = None, shortcut_x: torch.Tensor | None = None) -> torch.Tensor:
+               shortcut: SeqToANN | None = None, shortcut_x: torch.Tensor | None = None,
+               impl: str = "auto") -> torch.Tensor:
     """``lif(seq(x) [+ shortcut(shortcut_x)] [+ residual])`` with the BN at the end of
-    ``seq`` (and of ``shortcut``) run inside the LIF (``tcl_fast.nn.bnlif``): the
-    BN inputs are the only full tensors kept for backward."""
+    ``seq`` (and of ``shortcut``) run inside the LIF (``tcl_fast.nn.bnlif``, ``impl``
+    as there): the BN inputs are the only full tensors kept for backward."""
     y, bn = _pre_bn(seq, x)
     sc = _pre_bn(shortcut, shortcut_x) if shortcut is not None else None
-    return bn_lif(y, bn, lif, residual, shortcut=sc)
+    return bn_lif(y, bn, lif, residual, shortcut=sc, impl=impl)
 
 
 class FusableSequential(nn.Sequential):
@@ -65,6 +66,7 @@ class FusableSequential(nn.Sequential):
     ``bn_lif`` call, so the BN output is not kept for backward."""
 
     fuse_bn = False
+    bn_impl = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fuse_bn:
@@ -75,7 +77,7 @@ class FusableSequential(nn.Sequential):
             m = mods[i]
             if (i + 1 < len(mods) and isinstance(m, SeqToANN) and isinstance(mods[i + 1], LIFMultiStep)
                     and split_bn(m) is not None):
-                x = seq_bn_lif(m, mods[i + 1], x)
+                x = seq_bn_lif(m, mods[i + 1], x, impl=self.bn_impl)
                 i += 2
             else:
                 x = m(x)
@@ -83,12 +85,16 @@ class FusableSequential(nn.Sequential):
         return x
 
 
-def set_bn_fusion(model: nn.Module, enabled: bool = True) -> nn.Module:
+def set_bn_fusion(model: nn.Module, enabled: bool = True, impl: str = "auto") -> nn.Module:
     """Turn BN-into-LIF fusion on or off in every block of a tcl_fast model that
-    supports it (parameters and state dict unchanged). Returns the model."""
+    supports it (parameters and state dict unchanged); ``impl`` as
+    ``tcl_fast.nn.bn_lif``'s ("auto", "kernel", "recompute"). Returns the model."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     for m in model.modules():
         if hasattr(type(m), "fuse_bn"):
             m.fuse_bn = bool(enabled)
+            m.bn_impl = impl
     return model
 
 

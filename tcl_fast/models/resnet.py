@@ -17,6 +17,7 @@ class BasicBlock(nn.Module):
     """
 
     fuse_bn = False
+    bn_impl = "auto"
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, lif_backend: str, lif_kwargs: dict):
         super().__init__()
@@ -29,10 +30,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fuse_bn:
-            s = seq_bn_lif(self.conv1, self.lif1, x)
+            s = seq_bn_lif(self.conv1, self.lif1, x, impl=self.bn_impl)
             if isinstance(self.shortcut, SeqToANN):  # projection: its BN runs inside lif2 too
-                return seq_bn_lif(self.conv2, self.lif2, s, shortcut=self.shortcut, shortcut_x=x)
-            return seq_bn_lif(self.conv2, self.lif2, s, residual=self.shortcut(x))
+                return seq_bn_lif(self.conv2, self.lif2, s, shortcut=self.shortcut, shortcut_x=x, impl=self.bn_impl)
+            return seq_bn_lif(self.conv2, self.lif2, s, residual=self.shortcut(x), impl=self.bn_impl)
         out = self.conv2(self.lif1(self.conv1(x)))
         return self.lif2(out + self.shortcut(x))
 

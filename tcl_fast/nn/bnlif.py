@@ -2,17 +2,25 @@
 
 In a conv -> BN -> LIF block autograd keeps the BN input (the conv output) and
 the LIF input (the BN output), both full size. :func:`bn_lif` keeps the BN
-input only (plus the weight, bias and, with a residual, the addend); its
-backward recomputes ``z = BN(y) [+ residual]`` and the LIF forward from it,
-then runs the BN and LIF backward through the same PyTorch/tcl_fast ops as the
-unfused block, so values, gradients and running statistics equal those of
-``BatchNorm`` followed by ``LIFMultiStep`` (bit for bit on CPU; tests check it).
+input only (plus C-sized tensors and, with a residual, the addend), in one of
+two ways (``impl=``):
 
-Status: the recompute runs PyTorch's batch_norm and tcl_fast's LIF op in the
-backward (activation recomputation of the BN+LIF pair); it is *not* yet one
-fused kernel that normalises inside the LIF kernel and reduces BN's
-per-channel sums in the same pass. The memory saving is the same; the time
-cost is one extra BN forward and LIF forward per block in the backward.
+* ``"kernel"``: the BN is folded into the LIF kernel. Forward computes the
+  per-channel statistics and runs the C++/CUDA ``lif_affine_forward``, whose
+  neurons charge with ``y * scale + shift``; backward runs
+  ``lif_affine_backward``, which recomputes the normalised input inside the
+  kernel and returns, in the same pass, ``scale * g`` and the per-channel sums
+  of ``g`` and ``g * y`` that BN's backward needs (g = dL/dBN(y)). For plain
+  blocks (statistics over T*B, no residual or shortcut). Equal to the unfused
+  block up to float rounding.
+* ``"recompute"``: the backward recomputes ``z = BN(y) [+ residual]`` and the
+  LIF forward, then runs BN's and the LIF's backward through the same
+  PyTorch/tcl_fast ops as the unfused block: values, gradients and running
+  statistics bit for bit those of ``BatchNorm`` then ``LIFMultiStep`` on CPU,
+  at the cost of one extra BN and LIF forward per block.
+
+``"auto"`` (the default) takes the kernel where it applies. Timings:
+docs/memory.md (benchmarks/bench_bn_lif.py).
 
 Two layouts of the statistics (``stats=``):
 
@@ -32,10 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcl_fast.nn.lif import LIFMultiStep, learnt_decay
-from tcl_fast.ops.lif import lif_multistep
+from tcl_fast.nn.neurons import BaseNode, ParametricLIFNode
+from tcl_fast.ops.lif import _constant_decay, lif_affine_multistep, lif_multistep, resolve_backend
 from tcl_fast.ops.pack import mark_spikes
 
-__all__ = ["BNLIF", "bn_lif"]
+__all__ = ["BNLIF", "IMPLS", "bn_lif"]
+
+# bn_lif's ways of not keeping the BN output (see its docstring).
+IMPLS = ("auto", "kernel", "recompute")
 
 
 def _bn_args(bn: nn.modules.batchnorm._BatchNorm):
@@ -100,10 +112,12 @@ def _saved_running(rmean, rvar):
     return rmean.clone(), rvar.clone()
 
 
-def _lif_call(lif: LIFMultiStep, z: torch.Tensor, lif_w):
-    """The LIF of the block; ``lif_w``: its learnt ``w`` (one or per channel) or None."""
-    decay = learnt_decay(lif_w, z, type(lif).__name__) if lif_w is not None else 1.0 / lif.tau
-    return lif_multistep(z, None, decay=decay, spec=lif.spec, backend=lif.backend)
+def _lif_call(lif, z: torch.Tensor, lif_w, decay, return_v: bool):
+    """The LIF of the block: decay = sigmoid(lif_w) (PLIF's learnt ``w``, one or per
+    channel) or, when lif_w is None, the constant ``decay``."""
+    if lif_w is not None:
+        decay = learnt_decay(lif_w, z, type(lif).__name__)
+    return lif_multistep(z, None, decay=decay, spec=lif.spec, return_v=return_v, backend=lif.backend)
 
 
 def _normalise(branches, stats, ys, weights, biases, factors, T):
@@ -119,15 +133,23 @@ def _normalise(branches, stats, ys, weights, biases, factors, T):
     return z
 
 
+# Positions of _BNLIFFunction.forward's tensor inputs (for ctx.needs_input_grad).
+_RESIDUAL, _LIF_W, _BRANCH0 = 1, 2, 3
+
+
 class _BNLIFFunction(torch.autograd.Function):
     """spikes = LIF(sum_i BN_i(y_i) + residual); saves the y_i, the residual and parameters.
 
-    Inputs after ``(lif, branches, factors, n)``: ``residual, lif_w`` then, per
-    branch, ``y, weight, bias, running_mean, running_var``.
+    ``cfg = (lif, branches, factors, decay, return_v)``: ``decay`` is the
+    constant 1/tau, used when ``lif_w`` (PLIF's ``w``, decay = sigmoid(w)) is
+    None. Tensor inputs: ``residual, lif_w`` then, per branch, ``y, weight,
+    bias, running_mean, running_var``. With ``return_v`` the final membrane is
+    a second output, differentiable like the unfused neuron's.
     """
 
     @staticmethod
-    def forward(ctx, lif, branches, factors, residual, lif_w, *per_branch):
+    def forward(ctx, cfg, residual, lif_w, *per_branch):
+        lif, branches, factors, decay, return_v = cfg
         n = len(branches)
         ys, ws, bs = per_branch[0::5], per_branch[1::5], per_branch[2::5]
         running = list(zip(per_branch[3::5], per_branch[4::5]))
@@ -135,26 +157,31 @@ class _BNLIFFunction(torch.autograd.Function):
         z = _normalise(branches, running, ys, ws, bs, factors, T)
         if residual is not None:
             z = z + residual
-        spikes = _lif_call(lif, z, lif_w)
+        out = _lif_call(lif, z, lif_w, decay, return_v)
         # Eval mode normalises with the running statistics: keep this call's (C-sized) copy.
         stats = [(None, None) if training else _saved_running(rm, rv)
                  for (_, training), (rm, rv) in zip(branches, running)]
         ctx.save_for_backward(residual, lif_w, *ys, *ws, *bs, *(t for st in stats for t in st))
-        ctx.n, ctx.lif, ctx.branches = n, lif, branches
+        ctx.n, ctx.cfg = n, cfg
         ctx.autocast = [(dev, True, torch.get_autocast_dtype(dev))
                         for dev in ("cpu", "cuda") if torch.is_autocast_enabled(dev)]
-        return spikes
+        # An unused output (v, mostly) gets no zero-filled gradient to push through the recompute.
+        ctx.set_materialize_grads(False)
+        return out
 
     @staticmethod
-    def backward(ctx, grad_spikes):
+    def backward(ctx, *grad_out):
         n = ctx.n
+        lif, branches, _, decay, return_v = ctx.cfg
         saved = ctx.saved_tensors
         residual, lif_w = saved[0], saved[1]
         ys, ws, bs = saved[2:2 + n], saved[2 + n:2 + 2 * n], saved[2 + 2 * n:2 + 3 * n]
         flat = saved[2 + 3 * n:]
         stats = list(zip(flat[0::2], flat[1::2]))
         needs = ctx.needs_input_grad
-        # needs index: 3 residual, 4 lif_w, 5 + 5*i + (0 y, 1 weight, 2 bias)
+        out = [None] * len(needs)
+        if all(g is None for g in grad_out):
+            return tuple(out)
         leaves, slots = [], []
 
         def leaf(t, idx):
@@ -167,17 +194,18 @@ class _BNLIFFunction(torch.autograd.Function):
                 slots.append(idx)
             return t
 
-        r_, lw_ = leaf(residual, 3), leaf(lif_w, 4)
-        ys_ = [leaf(y, 5 + 5 * i) for i, y in enumerate(ys)]
-        ws_ = [leaf(w, 6 + 5 * i) for i, w in enumerate(ws)]
-        bs_ = [leaf(b, 7 + 5 * i) for i, b in enumerate(bs)]
+        r_, lw_ = leaf(residual, _RESIDUAL), leaf(lif_w, _LIF_W)
+        ys_ = [leaf(y, _BRANCH0 + 5 * i) for i, y in enumerate(ys)]
+        ws_ = [leaf(w, _BRANCH0 + 1 + 5 * i) for i, w in enumerate(ws)]
+        bs_ = [leaf(b, _BRANCH0 + 2 + 5 * i) for i, b in enumerate(bs)]
         with torch.enable_grad(), _autocast(ctx.autocast):
-            z = _normalise(ctx.branches, stats, ys_, ws_, bs_, [0.0] * n, ys_[0].shape[0])
+            z = _normalise(branches, stats, ys_, ws_, bs_, [0.0] * n, ys_[0].shape[0])
             if r_ is not None:
                 z = z + r_
-            spikes = _lif_call(ctx.lif, z, lw_)
-        grads = torch.autograd.grad(spikes, leaves, grad_spikes) if leaves else ()
-        out = [None] * len(needs)
+            res = _lif_call(lif, z, lw_, decay, return_v)
+        res = res if return_v else (res,)
+        pairs = [(o, g) for o, g in zip(res, grad_out) if g is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs]) if leaves else ()
         for idx, g in zip(slots, grads):
             out[idx] = g
         return tuple(out)
@@ -231,39 +259,194 @@ def _unfused(pairs, residual, lif, stats):
     """The modules as they are: BN over T*B, or BN_t per step, then the LIF."""
     z = None
     for t, m in pairs:
-        T = t.shape[0]
         if stats == "step":
-            mods, _ = _step_modules(m, T, "bn")
+            mods, _ = _step_modules(m, t.shape[0], "bn")
             zi = torch.stack([mt(yt) for mt, yt in zip(mods, t.unbind(0))])
         else:
-            zi = m(t.flatten(0, 1))
-            zi = zi.reshape(T, -1, *zi.shape[1:])
+            zi = _bn_seq(m, t)
         z = zi if z is None else z + zi
     return lif(z if residual is None else z + residual)
 
 
-def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep,
+def _neuron(lif) -> tuple[torch.Tensor | None, float, bool]:
+    """``(w, decay, return_v)`` for a neuron bn_lif can run: PLIF's ``w`` (decay =
+    sigmoid(w)) or the constant decay 1/tau, and whether the module keeps ``v``."""
+    if isinstance(lif, LIFMultiStep):
+        return (lif.w if lif.learnable_tau else None), 1.0 / lif.tau, False
+    if isinstance(lif, BaseNode):
+        if lif.step_mode != "m":
+            raise ValueError(f"bn_lif needs the neuron in multi-step mode (step_mode='m'), got {lif.step_mode!r}")
+        if lif.store_v_seq:
+            raise ValueError("bn_lif does not record v_seq: the neuron has store_v_seq=True")
+        if isinstance(lif, ParametricLIFNode):
+            return lif.w, 0.0, True
+        return None, lif._decay(None), True  # a constant: LIFNode's 1/tau, IFNode's 0
+    raise TypeError(f"bn_lif takes a tcl_fast.nn.LIFMultiStep, LIFNode, ParametricLIFNode or IFNode, "
+                    f"got {type(lif).__name__}")
+
+
+def _holds_state(lif) -> bool:
+    return isinstance(lif, BaseNode) and lif.stateful and isinstance(lif.v, torch.Tensor)
+
+
+def _bn_seq(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``m`` over T*B, as ``[T, B, C, ...]``; SpikingJelly's multi-step BN flattens by itself."""
+    if getattr(m, "step_mode", "s") == "m":
+        return m(t)
+    zi = m(t.flatten(0, 1))
+    return zi.reshape(t.shape[0], -1, *zi.shape[1:])
+
+
+# --------------------------------------------------------------------------
+# BN folded into the LIF kernel (plain blocks on the C++/CUDA kernels)
+# --------------------------------------------------------------------------
+def _kernel_backend(lif, y: torch.Tensor) -> bool:
+    """Whether the block can run BN inside the LIF kernel: the C++/CUDA op
+    resolves for y (not the Triton or pure-PyTorch backends)."""
+    try:
+        return resolve_backend(lif.backend, y.device, y.dtype) in ("cpp", "cuda")
+    except RuntimeError:
+        return False
+
+
+def _acc_dtype(y: torch.Tensor) -> torch.dtype:
+    return torch.float64 if y.dtype == torch.float64 else torch.float32
+
+
+def _scale_shift(weight, bias, mean, invstd):
+    """BN as a per-channel affine: BN(y) = y * scale + shift."""
+    scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    shift = -mean * scale if bias is None else bias.to(invstd.dtype) - mean * scale
+    return scale, shift
+
+
+class _BNLIFKernel(torch.autograd.Function):
+    """``LIF(BN(y))``, BN over T*B, inside the LIF kernel: forward computes the
+    per-channel statistics, updates the running ones as ``_BatchNorm`` does,
+    and runs ``lif_affine_forward`` with ``scale = weight * invstd``,
+    ``shift = bias - mean * scale``; only ``y`` (and C-sized tensors) is saved.
+    Backward runs ``lif_affine_backward``, which returns ``scale * g`` and the
+    per-channel sums of ``g`` and ``g * y`` (g = dL/dBN(y)) in one pass, and
+    finishes BN's input gradient with one per-channel affine of ``y``.
+
+    ``cfg = (lif, bn, training, factor, return_v)``; tensor inputs ``y, weight,
+    bias, decay`` (``decay``: a tensor for a learnt tau, else None and
+    ``lif.decay`` constant is in cfg).
+    """
+
+    @staticmethod
+    def forward(ctx, cfg, y, weight, bias, decay):
+        lif, bn, training, factor, return_v, const_decay = cfg
+        C = y.shape[2]
+        shape = (C,) + (1,) * (y.dim() - 3)
+        acc = _acc_dtype(y)
+        with torch.no_grad(), torch.autocast(y.device.type, enabled=False):
+            if training:
+                n = y.numel() // C
+                if n <= 1:
+                    raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                                     f"{list(y.shape)}")
+                var, mean = torch.var_mean(y.to(acc), dim=[d for d in range(y.dim()) if d != 2], correction=0)
+                if bn.track_running_stats and bn.running_mean is not None:
+                    bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+                    bn.running_var.mul_(1 - factor).add_((var * (n / (n - 1))).to(bn.running_var.dtype),
+                                                         alpha=factor)
+            else:
+                mean, var = bn.running_mean.to(acc), bn.running_var.to(acc)
+            invstd = torch.rsqrt(var + bn.eps)
+            scale, shift = _scale_shift(weight, bias, mean, invstd)
+            k = decay.detach().to(acc) if decay is not None else _constant_decay(const_decay, y.device, acc)
+        y = y.contiguous()
+        out = lif_affine_multistep(y, scale.view(shape), shift.view(shape), decay=k, spec=lif.spec,
+                                   return_v=True)
+        ctx.save_for_backward(y, weight, bias, mean, invstd, k)
+        ctx.cfg, ctx.shape = cfg, shape
+        ctx.set_materialize_grads(False)
+        return out if return_v else out[0]
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v=None):
+        lif, bn, training, _, _, _ = ctx.cfg
+        y, weight, bias, mean, invstd, k = ctx.saved_tensors
+        needs = ctx.needs_input_grad  # cfg, y, weight, bias, decay
+        if grad_spikes is None and grad_v is None:
+            return None, None, None, None, None
+        shape = ctx.shape
+        scale, shift = _scale_shift(weight, bias, mean, invstd)
+        grad_spikes = torch.zeros_like(y) if grad_spikes is None else grad_spikes.contiguous()
+        gy, _, gk, sum_gy, sum_g = torch.ops.tcl_fast.lif_affine_backward(
+            grad_spikes, None if grad_v is None else grad_v.contiguous(), y, None, k, scale.view(shape),
+            shift.view(shape), *lif.spec.kernel_args, False, needs[4], True)
+        sum_gy, sum_g = sum_gy.view(-1), sum_g.view(-1)
+        # sum over (T, B, ...) of g * xhat, xhat = (y - mean) * invstd
+        sum_gxhat = invstd * (sum_gy - mean * sum_g)
+        if training:
+            # BN's input gradient: scale * (g - mean(g) - xhat * mean(g * xhat)); the kernel gave scale * g.
+            n = y.numel() // y.shape[2]
+            a = scale / n
+            k1 = -a * invstd * sum_gxhat  # per-channel coefficient of y
+            k0 = -a * sum_g - k1 * mean
+            gy.addcmul_(y, k1.view(shape)).add_(k0.view(shape))
+        grad_w = sum_gxhat.to(weight.dtype) if weight is not None and needs[2] else None
+        grad_b = sum_g.to(bias.dtype) if bias is not None and needs[3] else None
+        return None, gy if needs[1] else None, grad_w, grad_b, gk if needs[4] else None
+
+
+def _bn_lif_kernel(y, bn, lif, lif_w, decay, return_v):
+    training, _, _, factor = _bn_args(bn)
+    learnt = learnt_decay(lif_w, y, type(lif).__name__) if lif_w is not None else None
+    cfg = (lif, bn, training, factor, return_v, decay)
+    out = _BNLIFKernel.apply(cfg, y, bn.weight, bn.bias, learnt)
+    if return_v:
+        out, lif.v = out
+    return mark_spikes(out)
+
+
+def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep | BaseNode,
            residual: torch.Tensor | None = None, *,
-           shortcut: tuple[torch.Tensor, nn.Module] | None = None, stats: str = "tb") -> torch.Tensor:
+           shortcut: tuple[torch.Tensor, nn.Module] | None = None, stats: str = "tb",
+           impl: str = "auto") -> torch.Tensor:
     """``lif(BN(y) [+ shortcut_bn(shortcut_y)] [+ residual])``; keeps only the BN inputs.
 
-    ``y: [T, B, C, ...]``; ``bn`` an ``nn.BatchNorm1d/2d/3d`` (its parameters,
-    buffers and train/eval mode are used and updated exactly as calling it
-    would); ``lif`` a :class:`~tcl_fast.nn.LIFMultiStep`. ``shortcut=(y2, bn2)``
-    adds a second normalised branch (a ResNet's projection shortcut) whose BN
-    output is not kept either. Spikes come back marked for
-    :func:`tcl_fast.pack_spikes`. Under torch.compile, or when no gradient is
-    recorded, it runs the modules as they are.
+    ``y: [T, B, C, ...]``; ``bn`` an ``nn.BatchNorm1d/2d/3d`` or SpikingJelly's
+    ``layer.BatchNorm1d/2d/3d`` (its parameters, buffers and train/eval mode
+    are used and updated exactly as calling it would); ``lif`` a
+    :class:`~tcl_fast.nn.LIFMultiStep`, or a tcl_fast ``LIFNode``,
+    ``ParametricLIFNode`` or ``IFNode`` in multi-step mode without
+    ``store_v_seq`` (its ``v`` is set to the final membrane, as its own forward
+    does; a stateful node that still holds a membrane from an earlier call runs
+    unfused, starting from it). ``shortcut=(y2, bn2)`` adds a second
+    normalised branch (a ResNet's projection shortcut) whose BN output is not
+    kept either. Spikes come back marked for :func:`tcl_fast.pack_spikes`.
+    Under torch.compile, or when no gradient is recorded, it runs the modules
+    as they are.
 
     ``stats="tb"`` normalises over T*B (BN sees ``[T*B, C, ...]``).
     ``stats="step"`` normalises each step over B: ``bn`` (and ``bn2``) is one
     BN module used at every step, or an ``nn.ModuleList`` of T BN modules
     (BNTT), module t for step t; equal to ``stack([bn_t(y[t]) for t])``.
+
+    ``impl``: how the BN output is avoided.
+
+    * ``"kernel"``: BN folded into the LIF kernel (``lif_affine_forward``): the
+      neuron charges with ``y * scale + shift`` per channel, and its backward
+      returns BN's per-channel sums in the same pass. For plain blocks
+      (``stats="tb"``, no residual or shortcut) on the C++/CUDA kernels;
+      ValueError elsewhere. Equal to the unfused block up to rounding (the
+      normalisation is computed in float32 inside the kernel, not by
+      ``batch_norm``).
+    * ``"recompute"``: the backward recomputes ``BN(y)`` and the LIF forward with
+      the unfused block's own ops: bit-identical to it on CPU, one extra BN and
+      LIF forward per block.
+    * ``"auto"`` (default): ``"kernel"`` where it applies, else ``"recompute"``.
     """
     if stats not in ("tb", "step"):
         raise ValueError(f"bn_lif: stats must be 'tb' (over T*B) or 'step' (per time step), got {stats!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"bn_lif: impl must be one of {IMPLS}, got {impl!r}")
     if y.dim() < 3:
         raise ValueError(f"bn_lif expects y of shape [T, B, C, ...], got {tuple(y.shape)}")
+    lif_w, decay, return_v = _neuron(lif)
     pairs = [(y, bn)] + ([shortcut] if shortcut is not None else [])
     T = y.shape[0]
     for i, (t, m) in enumerate(pairs):
@@ -280,8 +463,18 @@ def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep,
         any(t.requires_grad for t, _ in pairs) or (residual is not None and residual.requires_grad)
         or any(p.requires_grad for _, m in pairs for p in m.parameters())
         or any(p.requires_grad for p in lif.parameters()))
-    if torch.compiler.is_compiling() or not needs_grad:
+    if torch.compiler.is_compiling() or not needs_grad or _holds_state(lif):
         return _unfused(pairs, residual, lif, stats)
+    if impl != "recompute":
+        why = ("stats='step'" if stats != "tb" else "a residual" if residual is not None
+               else "a shortcut branch" if shortcut is not None
+               else None if _kernel_backend(lif, y) else f"the LIF backend {lif.backend!r} for {y.dtype} "
+               f"{y.device.type} tensors is not the C++/CUDA kernel")
+        if why is None:
+            return _bn_lif_kernel(y, bn, lif, lif_w, decay, return_v)
+        if impl == "kernel":
+            raise ValueError(f"bn_lif(impl='kernel'): BN folds into the LIF kernel for a plain block only; "
+                             f"this one has {why} (impl='auto' recomputes instead)")
     branches, factors, flat = [], [], []
     for t, m in pairs:
         if stats == "tb":
@@ -304,9 +497,10 @@ def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep,
                 weight, bias, rmean, rvar = m.weight, m.bias, args[0][1], args[0][2]
             flat += [t, weight, bias, rmean, rvar]
         factors.append(factor)
-    spikes = _BNLIFFunction.apply(lif, tuple(branches), tuple(factors), residual,
-                                  lif.w if lif.learnable_tau else None, *flat)
-    return mark_spikes(spikes)
+    out = _BNLIFFunction.apply((lif, tuple(branches), tuple(factors), decay, return_v), residual, lif_w, *flat)
+    if return_v:
+        out, lif.v = out
+    return mark_spikes(out)
 
 
 class BNLIF(nn.Module):
@@ -324,7 +518,7 @@ class BNLIF(nn.Module):
 
     def __init__(self, num_features: int | None = None, *, eps: float = 1e-5, momentum: float | None = 0.1,
                  bn: nn.Module | None = None, lif: LIFMultiStep | None = None, stats: str = "tb",
-                 time_steps: int | None = None, **lif_kwargs):
+                 time_steps: int | None = None, impl: str = "auto", **lif_kwargs):
         super().__init__()
         if stats not in ("tb", "step"):
             raise ValueError(f"BNLIF: stats must be 'tb' or 'step', got {stats!r}")
@@ -340,14 +534,17 @@ class BNLIF(nn.Module):
                                    for _ in range(time_steps))
         self.bn = bn
         self.lif = lif if lif is not None else LIFMultiStep(**lif_kwargs)
+        if impl not in IMPLS:
+            raise ValueError(f"BNLIF: impl must be one of {IMPLS}, got {impl!r}")
         self.stats = stats
+        self.impl = impl
 
     @classmethod
-    def from_modules(cls, bn: nn.Module, lif: LIFMultiStep, stats: str = "tb") -> BNLIF:
-        return cls(bn=bn, lif=lif, stats=stats)
+    def from_modules(cls, bn: nn.Module, lif: LIFMultiStep, stats: str = "tb", impl: str = "auto") -> BNLIF:
+        return cls(bn=bn, lif=lif, stats=stats, impl=impl)
 
     def forward(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return bn_lif(y, self.bn, self.lif, residual, stats=self.stats)
+        return bn_lif(y, self.bn, self.lif, residual, stats=self.stats, impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"stats={self.stats!r}"
+        return f"stats={self.stats!r}, impl={self.impl!r}"

@@ -19,6 +19,7 @@ _LAZY = {
     "IFNode": "tcl_fast.nn",
     "convert_spikingjelly": "tcl_fast.convert",
     "ConversionError": "tcl_fast.convert",
+    "fuse_bn_lif": "tcl_fast.fuse",
     "BNLIF": "tcl_fast.nn",
     "bn_lif": "tcl_fast.nn",
     "pack_spikes": "tcl_fast.ops.pack",

@@ -1,0 +1,231 @@
+"""fuse_bn_lif on converted SpikingJelly zoo models: against the same converted
+model unfused, outputs, parameter gradients, running statistics and the
+neurons' membranes are bit-identical (train and eval), the original state dict
+loads strictly, the expected number of blocks is fused and less is held for
+backward. Then what it refuses or leaves alone. Tiny shapes: CPU CI."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import tcl_fast
+from tcl_fast.nn import bn_lif
+
+sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
+from spikingjelly.activation_based.model import (  # noqa: E402
+    parametric_lif_net,
+    sew_resnet,
+    spiking_resnet,
+    spiking_vgg,
+)
+
+T, B = 2, 2
+
+
+def _resnet18():
+    return spiking_resnet.spiking_resnet18(
+        spiking_neuron=sj_neuron.LIFNode, surrogate_function=surrogate.Sigmoid(), num_classes=10), 8
+
+
+def _sew_resnet18():
+    return sew_resnet.sew_resnet18(
+        cnf="ADD", spiking_neuron=sj_neuron.LIFNode, surrogate_function=surrogate.ATan(),
+        detach_reset=True, num_classes=10), 8
+
+
+def _vgg11_bn():
+    net = spiking_vgg.spiking_vgg11_bn(spiking_neuron=sj_neuron.LIFNode, num_classes=10, tau=3.0, v_reset=None,
+                                       decay_input=False, surrogate_function=surrogate.PiecewiseQuadratic(alpha=1.5))
+    # The zoo's 25088x4096 classifier is 100M+ weights: keep its neurons, shrink its layers.
+    net.avgpool = layer.AdaptiveAvgPool2d((1, 1))
+    net.classifier[0] = layer.Linear(512, 32)
+    net.classifier[3] = layer.Linear(32, 32)
+    net.classifier[6] = layer.Linear(32, 10)
+    return net, 32
+
+
+def _plif_cifar10():
+    return parametric_lif_net.CIFAR10Net(
+        channels=4, spiking_neuron=sj_neuron.ParametricLIFNode,
+        surrogate_function=surrogate.ATan(), detach_reset=True), 32
+
+
+def _if_net():  # SeqToANNContainer(BatchNorm2d), IF neurons, hard and soft reset
+    net = nn.Sequential(
+        layer.Conv2d(3, 8, 3, padding=1), layer.SeqToANNContainer(nn.BatchNorm2d(8)),
+        sj_neuron.IFNode(surrogate_function=surrogate.ATan()),
+        layer.Conv2d(8, 8, 3, padding=1), layer.BatchNorm2d(8),
+        sj_neuron.IFNode(v_reset=None, surrogate_function=surrogate.Sigmoid()),
+        layer.MaxPool2d(2), layer.Flatten(), layer.Linear(8 * 4 * 4, 10),
+    )
+    return net, 8
+
+
+# name -> (builder, fused blocks: every BN -> neuron pair of the model)
+MODELS = {
+    "spiking_resnet18": (_resnet18, 17),  # stem + 2 per block; 5 identity, 3 projection shortcuts
+    "sew_resnet18": (_sew_resnet18, 20),  # stem + 2 per block + 3 downsample BN -> neuron
+    "spiking_vgg11_bn": (_vgg11_bn, 8),
+    "plif_cifar10net": (_plif_cifar10, 6),
+    "if_net": (_if_net, 2),
+}
+_BUILT: dict = {}
+
+
+def _converted(name):
+    """(SpikingJelly original, converted, input size); multi-step."""
+    if name not in _BUILT:
+        torch.manual_seed(0)
+        net, size = MODELS[name][0]()
+        functional.set_step_mode(net, "m")
+        _BUILT[name] = net, size
+    net, size = _BUILT[name]
+    return net, tcl_fast.convert_spikingjelly(copy.deepcopy(net)), size
+
+
+def _step(net, x, grad, seed):
+    functional.reset_net(net)
+    torch.manual_seed(seed)  # dropout draws the same masks in both nets
+    out = net(x)
+    if grad is not None:
+        out.backward(grad)
+    return out.detach()
+
+
+def _neuron_vs(net):
+    return [m.v for m in net.modules() if isinstance(m, tcl_fast.nn.BaseNode)]
+
+
+def _assert_same(a: nn.Module, b: nn.Module):
+    for (n1, p1), (n2, p2) in zip(a.named_parameters(), b.named_parameters()):
+        assert n1 == n2 and (p1.grad is None) == (p2.grad is None), n1
+        if p1.grad is not None:
+            assert torch.equal(p1.grad, p2.grad), n1
+    for (n1, b1), (n2, b2) in zip(a.named_buffers(), b.named_buffers()):
+        assert n1 == n2 and torch.equal(b1, b2), n1
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fused_zoo_model_is_bit_identical(name):
+    sj, plain, size = _converted(name)
+    fused = tcl_fast.fuse_bn_lif(copy.deepcopy(plain))
+    assert len(fused.bn_lif_blocks) == MODELS[name][1]
+    assert isinstance(fused, type(plain))
+    fused.load_state_dict(sj.state_dict(), strict=True)  # same keys as the SpikingJelly original
+    assert list(fused.state_dict()) == list(sj.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for i in range(2):  # the second batch: reset_net resets the fused neurons too
+        x = torch.rand(T, B, 3, size, size, generator=g) * 2
+        grad = torch.randn(T, B, 10, generator=g)
+        assert torch.equal(_step(fused, x, grad, i), _step(plain, x, grad, i))
+        for v1, v2 in zip(_neuron_vs(fused), _neuron_vs(plain)):
+            assert torch.equal(v1, v2)
+    _assert_same(fused, plain)
+    fused.eval(), plain.eval()
+    for grad in (None, torch.randn(T, B, 10, generator=g)):  # no_grad path and eval with autograd
+        x = torch.rand(T, B, 3, size, size, generator=g) * 2
+        with torch.set_grad_enabled(grad is not None):
+            assert torch.equal(_step(fused, x, grad, 5), _step(plain, x, grad, 5))
+    _assert_same(fused, plain)
+
+
+def test_fusion_holds_less_for_backward():
+    _, plain, size = _converted("spiking_resnet18")
+    fused = tcl_fast.fuse_bn_lif(copy.deepcopy(plain))
+    x = torch.rand(T, B, 3, size, size)
+    held = []
+    for net in (plain, fused):
+        functional.reset_net(net)
+        with tcl_fast.SavedTensorCounter(exclude=list(net.parameters())) as c:
+            net(x)
+        held.append(c.nbytes)
+    assert held[1] < 0.8 * held[0]
+
+
+def test_stateful_node_carrying_v_runs_unfused():
+    """Two forwards without reset_net: the second starts from the kept membrane
+    (unfused there), and the gradient flows back through v into the first."""
+    _, plain, size = _converted("if_net")
+    fused = tcl_fast.fuse_bn_lif(copy.deepcopy(plain))
+    x = torch.rand(2, T, B, 3, size, size)
+    outs = []
+    for net in (plain, fused):
+        functional.reset_net(net)
+        out = net(x[0]) + net(x[1])
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+    assert torch.equal(*outs)
+    _assert_same(fused, plain)
+
+
+def test_bn_lif_with_plif_node_and_membrane_gradient():
+    torch.manual_seed(0)
+    bn = layer.BatchNorm2d(4, step_mode="m")
+    node = tcl_fast.nn.ParametricLIFNode(init_tau=3.0, step_mode="m", surrogate="atan")
+    y = torch.randn(3, 2, 4, 5, 5)
+    res = []
+    for fused in (False, True):
+        b, n = copy.deepcopy(bn), copy.deepcopy(node)
+        yy = y.clone().requires_grad_()
+        s = bn_lif(yy, b, n) if fused else n(b(yy))
+        (s.sum() + n.v.pow(2).sum()).backward()  # the membrane's gradient too
+        res.append([s, n.v, yy.grad, n.w.grad, b.weight.grad, b.bias.grad, b.running_mean, b.running_var])
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
+def _small(step_mode="m", **node_kwargs):
+    net = nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), layer.BatchNorm2d(4),
+                        tcl_fast.nn.LIFNode(**node_kwargs), layer.Flatten(), layer.Linear(4 * 8 * 8, 2))
+    functional.set_step_mode(net, step_mode)
+    return net
+
+
+def test_left_alone_where_not_exact():
+    with pytest.warns(UserWarning, match="no multi-step BatchNorm"):
+        single = tcl_fast.fuse_bn_lif(_small("s"))  # per-step statistics: not T*B
+    assert type(single) is nn.Sequential
+    with pytest.warns(UserWarning):
+        tcl_fast.fuse_bn_lif(_small(store_v_seq=True))  # bn_lif records no v_seq
+    with pytest.warns(UserWarning):  # SpikingJelly's own neurons: convert first
+        tcl_fast.fuse_bn_lif(_sj_if())
+
+    class TwoUsers(nn.Module):  # the BN output also goes elsewhere: it must be kept
+        def __init__(self):
+            super().__init__()
+            self.bn, self.sn = layer.BatchNorm2d(4, step_mode="m"), tcl_fast.nn.LIFNode(step_mode="m")
+
+        def forward(self, x):
+            z = self.bn(x)
+            return self.sn(z) + z
+
+    with pytest.warns(UserWarning):
+        tcl_fast.fuse_bn_lif(TwoUsers())
+
+
+def _sj_if():
+    net = nn.Sequential(layer.Conv2d(3, 4, 3), layer.BatchNorm2d(4), sj_neuron.IFNode())
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def test_refuses_untraceable_model_and_step_mode_switch():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _small()
+
+        def forward(self, x):
+            return self.net(x) if x.sum() > 0 else -self.net(x)  # depends on the values: not traceable
+
+    m = Branchy()
+    with pytest.raises(tcl_fast.ConversionError, match="cannot trace Branchy"):
+        tcl_fast.fuse_bn_lif(m)
+    assert len(tcl_fast.fuse_bn_lif(m.net).bn_lif_blocks) == 1  # its traceable part fuses
+    functional.set_step_mode(m.net, "s")
+    with pytest.raises(RuntimeError, match="switched to step_mode='s'"):
+        m.net(torch.rand(2, 3, 8, 8, requires_grad=True))

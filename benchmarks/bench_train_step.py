@@ -12,7 +12,9 @@ T) and VGGSNN (DVS, 2x48x48 frames per step), each as
 
 and SpikingJelly's zoo ``spiking_resnet18`` (LIFNode, multi-step), original
 (``sj-zoo``) and, when ``tcl_fast.convert_spikingjelly`` exists, converted
-(``zoo-tcl``) and converted under ``pack_spikes`` (``zoo-tcl+pack``).
+(``zoo-tcl``), converted under ``pack_spikes`` (``zoo-tcl+pack``) and, when
+``tcl_fast.fuse_bn_lif`` exists, also with its BN -> neuron blocks fused
+(``zoo-tcl+pack+fuse``).
 
 Per row:
 * ``saved_bytes``: the bytes of every tensor autograd holds for backward after
@@ -225,6 +227,11 @@ def variants(name, T, device, configs):
                 out.append(("zoo-tcl" + ("+pack" if pack else ""), Runner(m, pack, static, T, zoo=True),
                             None if pack else Runner(swap_neurons(copy.deepcopy(m), nn.Identity), False, static,
                                                      T, zoo=True)))
+            if hasattr(tcl_fast, "fuse_bn_lif"):
+                m = tcl_fast.fuse_bn_lif(tcl_fast.convert_spikingjelly(copy.deepcopy(base), backend="auto"))
+                out.append(("zoo-tcl+pack+fuse", Runner(m, True, static, T, zoo=True), None))
+            else:
+                print("# tcl_fast.fuse_bn_lif not available: zoo-tcl+pack+fuse row skipped")
         else:
             print("# tcl_fast.convert_spikingjelly not available: converted-zoo rows (zoo-tcl, zoo-tcl+pack) skipped")
         return out

@@ -115,6 +115,7 @@ def test_fused_zoo_model_is_bit_identical(name):
     fused = tcl_fast.fuse_bn_lif(copy.deepcopy(plain))
     assert len(fused.bn_lif_blocks) == MODELS[name][1]
     assert isinstance(fused, type(plain))
+    assert tcl_fast.fuse_bn_lif(fused) is fused and len(fused.bn_lif_blocks) == MODELS[name][1]  # idempotent
     fused.load_state_dict(sj.state_dict(), strict=True)  # same keys as the SpikingJelly original
     assert list(fused.state_dict()) == list(sj.state_dict())
     g = torch.Generator().manual_seed(1)

@@ -29,6 +29,9 @@ def test_bench_train_step_tiny_cpu_run(tmp_path):
         assert ("sj_resnet18", "sj-zoo[torch]") in rows
     if not any(c.startswith("zoo-tcl") for _, c in rows):
         assert "converted-zoo rows" in proc.stdout
+    elif ("sj_resnet18", "zoo-tcl+pack+fuse") in rows:
+        assert (rows[("sj_resnet18", "zoo-tcl+pack+fuse")]["saved_bytes"]
+                < rows[("sj_resnet18", "zoo-tcl+pack")]["saved_bytes"])
 
 
 def test_rows_are_kept_when_the_run_stops_part_way(tmp_path):

@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from tcl_fast.convert import ConversionError
-from tcl_fast.nn.bnlif import bn_lif
+from tcl_fast.nn.bnlif import IMPLS, bn_lif
 from tcl_fast.nn.lif import LIFMultiStep
 from tcl_fast.nn.neurons import BaseNode
 
@@ -67,7 +67,7 @@ def _fusable_neuron(m: nn.Module) -> bool:
     return isinstance(m, BaseNode) and m.step_mode == "m" and not m.store_v_seq
 
 
-def _fused_bn_lif(y, bn, neuron, residual, y2, bn2):
+def _fused_bn_lif(y, bn, neuron, residual, y2, bn2, impl):
     """The fused block as the traced graph calls it."""
     for m in (bn, bn2, neuron):
         # The graph was traced in multi-step mode; refuse rather than run it in another.
@@ -80,7 +80,7 @@ def _fused_bn_lif(y, bn, neuron, residual, y2, bn2):
     if bn2 is not None:
         bn2._check_input_dim(y2.flatten(0, 1))
         shortcut = (y2, bn2)
-    return bn_lif(y, bn, neuron, residual, shortcut=shortcut)
+    return bn_lif(y, bn, neuron, residual, shortcut=shortcut, impl=impl)
 
 
 def _only_user(node: fx.Node, user: fx.Node) -> bool:
@@ -120,7 +120,7 @@ def _match(neuron: fx.Node, modules):
     return None
 
 
-def fuse_bn_lif(model: nn.Module) -> nn.Module:
+def fuse_bn_lif(model: nn.Module, impl: str = "auto") -> nn.Module:
     """Fuse every multi-step BatchNorm -> tcl_fast neuron block of ``model``; returns ``model``.
 
     Use on a model whose neurons are tcl_fast's (``convert_spikingjelly``
@@ -145,9 +145,15 @@ def fuse_bn_lif(model: nn.Module) -> nn.Module:
     fuse the traceable submodules instead (``fuse_bn_lif(model.layer1)``).
     A model with nothing to fuse is returned unchanged, with a warning.
     Pickle the state dict, not the fused module (its class is generated).
+
+    ``impl`` is ``bn_lif``'s: ``"auto"`` folds a plain block's BN into the LIF
+    kernel (equal to the unfused model up to float rounding) and recomputes the
+    others; ``"recompute"`` is bit-identical to the unfused model on CPU.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if impl not in IMPLS:
+        raise ValueError(f"fuse_bn_lif: impl must be one of {IMPLS}, got {impl!r}")
     if getattr(type(model), "bn_lif_blocks", None) is not None:
         return model  # already fused
     try:
@@ -169,7 +175,7 @@ def fuse_bn_lif(model: nn.Module) -> nn.Module:
             bn = graph.get_attr(bn_path)
             bn2 = graph.get_attr(bn2_path) if bn2_path is not None else None
             neuron = graph.get_attr(node.target)
-            new = graph.call_function(_fused_bn_lif, (y, bn, neuron, residual, y2, bn2))
+            new = graph.call_function(_fused_bn_lif, (y, bn, neuron, residual, y2, bn2, impl))
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         for d in dropped:  # users first: the add before the BNs it reads

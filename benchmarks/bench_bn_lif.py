@@ -4,13 +4,16 @@
     python benchmarks/bench_bn_lif.py --shape 4 8 64 32 32 --layouts step-shared step-bntt
 
 For each layout it runs the unfused block (BN, then tcl_fast.LIFMultiStep) and
-``bn_lif`` on the same input ``y: [T, B, C, H, W]`` (the conv output), in
-training mode, and reports
+``bn_lif`` with each ``impl`` that applies (``recompute``; ``kernel``, BN inside
+the LIF kernel, for ``tb``) on the same input ``y: [T, B, C, H, W]`` (the conv
+output), in training mode, and reports
 
 * the bytes autograd holds for backward after the forward (SavedTensorCounter,
   BN parameters excluded, each storage once);
 * the median forward+backward time (gradients of y and the BN parameters),
-  fused and unfused timed round-robin in the same run.
+  every variant timed round-robin in the same run;
+
+each also as a ratio to the unfused block.
 
 Layouts: ``tb`` (one BatchNorm2d over T*B), ``step-shared`` (one BatchNorm2d
 applied at every step, per-step statistics), ``step-bntt`` (T BatchNorm2d
@@ -48,22 +51,27 @@ def _unfused(layout: str, bn, lif, y):
     return lif(z)
 
 
-def _fused(layout: str, bn, lif, y):
-    return bn_lif(y, bn, lif, stats="tb" if layout == "tb" else "step")
+def _fused(impl: str):
+    def run(layout: str, bn, lif, y):
+        return bn_lif(y, bn, lif, stats="tb" if layout == "tb" else "step", impl=impl)
+    return run
 
 
-def measure(layout: str, shape, device, rounds: int, min_time: float) -> dict:
+def measure(layout: str, shape, device, rounds: int, min_time: float) -> list[dict]:
+    """Rows for the unfused block and each bn_lif impl that applies (kernel: T*B only)."""
     T, B, C, H, W = shape
     g = torch.Generator().manual_seed(0)
     y = (torch.randn(shape, generator=g) * 1.5 + 0.3).to(device).requires_grad_()
     w = torch.randn(shape, generator=g).to(device)
     bn, lif = _modules(layout, T, C, device)
-    runs = {"unfused": (_unfused, copy.deepcopy(bn), copy.deepcopy(lif)), "fused": (_fused, bn, lif)}
-    row = {"layout": layout, "shape": list(shape)}
+    impls = ["recompute"] + (["kernel"] if layout == "tb" else [])
+    runs = {"unfused": (_unfused, copy.deepcopy(bn), copy.deepcopy(lif))}
+    runs.update({impl: (_fused(impl), copy.deepcopy(bn), copy.deepcopy(lif)) for impl in impls})
+    saved = {}
     for name, (fn, b, li) in runs.items():
         with tcl_fast.SavedTensorCounter(exclude=list(b.parameters())) as cnt:
             fn(layout, b, li, y)
-        row[f"{name}_saved_bytes"] = cnt.nbytes
+        saved[name] = cnt.nbytes
 
     def step(fn, b, li):
         params = list(b.parameters())
@@ -74,11 +82,9 @@ def measure(layout: str, shape, device, rounds: int, min_time: float) -> dict:
         return run
 
     times, _ = interleaved_medians({name: step(*r) for name, r in runs.items()}, device, rounds, min_time)
-    for name, t in times.items():
-        row[f"{name}_fwd_bwd_ms"] = t * 1e3
-    row["saved_ratio"] = row["fused_saved_bytes"] / row["unfused_saved_bytes"]
-    row["time_ratio"] = times["fused"] / times["unfused"]
-    return row
+    return [{"layout": layout, "impl": name, "shape": list(shape), "saved_bytes": saved[name],
+             "fwd_bwd_ms": times[name] * 1e3, "saved_ratio": saved[name] / saved["unfused"],
+             "time_ratio": times[name] / times["unfused"]} for name in runs]
 
 
 def main(argv=None) -> None:
@@ -96,16 +102,13 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     name = device_name(device)
     print(f"{name}, torch {torch.__version__}, y = {args.shape} float32, training mode")
-    print(f"{'layout':<12} {'saved unfused':>14} {'saved fused':>12} {'ratio':>6} "
-          f"{'fwd+bwd unfused':>16} {'fwd+bwd fused':>14} {'ratio':>6}")
+    print(f"{'layout':<12} {'impl':<10} {'saved':>10} {'ratio':>6} {'fwd+bwd':>11} {'ratio':>6}")
     rows = []
     for layout in args.layouts:
-        r = measure(layout, tuple(args.shape), device, args.rounds, args.min_time)
-        rows.append(r)
-        mib = 2 ** 20
-        print(f"{layout:<12} {r['unfused_saved_bytes'] / mib:>10.2f} MiB {r['fused_saved_bytes'] / mib:>8.2f} MiB "
-              f"{r['saved_ratio']:>6.3f} {r['unfused_fwd_bwd_ms']:>13.2f} ms {r['fused_fwd_bwd_ms']:>11.2f} ms "
-              f"{r['time_ratio']:>6.3f}")
+        for r in measure(layout, tuple(args.shape), device, args.rounds, args.min_time):
+            rows.append(r)
+            print(f"{layout:<12} {r['impl']:<10} {r['saved_bytes'] / 2 ** 20:>6.2f} MiB {r['saved_ratio']:>6.3f} "
+                  f"{r['fwd_bwd_ms']:>8.2f} ms {r['time_ratio']:>6.3f}")
     write_results(args.out, "bench_bn_lif.py", argv, device, name, rows=rows)
 
 

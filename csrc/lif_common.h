@@ -90,11 +90,16 @@ inline void check_backward_inputs(const at::Tensor& grad_spikes,
 // charges with x * scale + shift): absent for the plain ops.
 struct OptionalAffine {
   std::optional<at::Tensor> scale, shift;
+  std::optional<at::Tensor> addend;  // x's shape and dtype: charged with the affine input
 };
 
 // scale, shift and a per-channel decay share one layout (lane_layout).
 inline OptionalAffine affine_of(const at::Tensor& x, const at::Tensor& decay, const at::Tensor& scale,
-                                const at::Tensor& shift) {
+                                const at::Tensor& shift, const std::optional<at::Tensor>& addend) {
+  if (addend.has_value())
+    TORCH_CHECK(addend->sizes() == x.sizes() && addend->scalar_type() == x.scalar_type() &&
+                    addend->is_contiguous() && addend->device() == x.device(),
+                "tcl_fast::lif_affine: addend must be a contiguous tensor of x's shape, dtype and device");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   std::optional<LaneLayout> layout;
   for (const auto* t : {&scale, &shift}) {
@@ -107,7 +112,7 @@ inline OptionalAffine affine_of(const at::Tensor& x, const at::Tensor& decay, co
   TORCH_CHECK(lane_layout(x, scale) == lane_layout(x, shift) &&
                   (decay.numel() == 1 || lane_layout(x, decay) == layout),
               "tcl_fast::lif_affine: scale, shift and a per-channel decay must share one layout");
-  return OptionalAffine{scale, shift};
+  return OptionalAffine{scale, shift, addend};
 }
 
 constexpr const char* kSmoothLanewiseError =
@@ -134,6 +139,7 @@ LaneParams<A> lane_params_of(const at::Tensor& x, const at::Tensor& decay,
     lanes.shift = affine.shift->data_ptr<A>();
     layout = lane_layout(x, *affine.scale);
   }
+  if (affine.addend) lanes.addend = affine.addend->data_ptr();
   if (layout) {
     lanes.inner = layout->inner;
     lanes.channels = layout->channels;
@@ -174,22 +180,25 @@ struct BackwardBuffers {
   at::Tensor grad_x, grad_v0;
   at::Tensor decay_partial;  // [N] per-neuron dL/dk, undefined unless needed
   at::Tensor v_chunk;        // [ceil(T/16) - 1, N] membrane checkpoints
-  // lif_affine_backward with need_affine_grad: [N] per-neuron dL/dscale, dL/dshift.
-  at::Tensor grad_scale, grad_shift;
+  // lif_affine_backward with need_affine_grad: [N] per-neuron dL/dscale, dL/dshift;
+  // with an addend, its gradient (x's shape).
+  at::Tensor grad_scale, grad_shift, grad_addend;
 
   BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad,
-                  bool need_affine_grad = false)
+                  bool need_affine_grad = false, bool has_addend = false)
       : grad_x(at::empty_like(x)),
         grad_v0(has_v0 ? at::empty(neuron_sizes(x), x.options()) : at::empty({0}, x.options())),
         decay_partial(need_decay_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
         v_chunk(at::empty({num_checkpoint_rows(x.size(0)), num_neurons(x)}, decay.options())),
         grad_scale(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
-        grad_shift(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()) {}
+        grad_shift(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
+        grad_addend(has_addend ? at::empty_like(x) : at::Tensor()) {}
 
   template <typename A>
   A* grad_scale_ptr() { return grad_scale.defined() ? grad_scale.data_ptr<A>() : nullptr; }
   template <typename A>
   A* grad_shift_ptr() { return grad_shift.defined() ? grad_shift.data_ptr<A>() : nullptr; }
+  void* grad_addend_ptr() { return grad_addend.defined() ? grad_addend.data_ptr() : nullptr; }
 
   template <typename A>
   A* decay_partial_ptr() { return decay_partial.defined() ? decay_partial.data_ptr<A>() : nullptr; }
@@ -219,13 +228,15 @@ struct BackwardBuffers {
     return per_neuron.view({N / (l.inner * l.channels), l.channels, l.inner}).sum({0, 2}).view(param.sizes());
   }
   // lif_affine_backward's outputs: finish's, then grad_scale and grad_shift
-  // (empty [0] tensors unless asked for).
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_affine(
+  // (empty [0] tensors unless asked for) and grad_addend (empty without an addend).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_affine(
       const at::Tensor& decay, const at::Tensor& scale, const at::Tensor& shift) const {
     auto [gx, gv0, gdecay] = finish(decay);
-    auto empty = at::empty({0}, decay.options());
-    return {gx, gv0, gdecay, grad_scale.defined() ? reduce_to(grad_scale, scale) : empty,
-            grad_shift.defined() ? reduce_to(grad_shift, shift) : empty};
+    // Separate empties: outputs of one op must not alias each other.
+    return {gx, gv0, gdecay,
+            grad_scale.defined() ? reduce_to(grad_scale, scale) : at::empty({0}, decay.options()),
+            grad_shift.defined() ? reduce_to(grad_shift, shift) : at::empty({0}, decay.options()),
+            grad_addend.defined() ? grad_addend : at::empty({0}, grad_x.options())};
   }
 };
 

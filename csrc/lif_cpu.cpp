@@ -54,12 +54,13 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
 
 std::tuple<at::Tensor, at::Tensor> lif_affine_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
-    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    const at::Tensor& scale, const at::Tensor& shift, const std::optional<at::Tensor>& addend,
+    double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     double beta, bool smooth) {
   const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                                        detach_reset, surrogate, alpha, beta, smooth);
-  const OptionalAffine affine = affine_of(x, decay, scale, shift);
+  const OptionalAffine affine = affine_of(x, decay, scale, shift, addend);
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
   auto spikes = at::empty_like(x);
@@ -92,19 +93,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   return out.finish(decay);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_affine_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_affine_backward_cpu(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, const at::Tensor& scale,
-    const at::Tensor& shift, double v_threshold, double v_reset, bool hard_reset, bool decay_input,
+    const at::Tensor& shift, const std::optional<at::Tensor>& addend, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input,
     bool detach_reset, int64_t surrogate, double alpha, double beta, bool smooth,
     bool need_decay_grad, bool need_affine_grad) {
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
-  const OptionalAffine affine = affine_of(x, decay, scale, shift);
+  const OptionalAffine affine = affine_of(x, decay, scale, shift, addend);
   TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad);
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
+                      affine.addend.has_value());
   if (x.numel() == 0) {
     if (need_affine_grad) {
       out.grad_scale.zero_();

@@ -457,6 +457,7 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
   const bool lanewise = lane_params<A>(x, decay, affine, p, lanes);
   lanes.grad_scale = out.grad_scale_ptr<A>();
   lanes.grad_shift = out.grad_shift_ptr<A>();
+  lanes.grad_addend = out.grad_addend_ptr();
   A* grad_decay_partial = out.decay_partial_ptr<A>();
   A* v_chunk = out.v_chunk_ptr<A>();
   S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());

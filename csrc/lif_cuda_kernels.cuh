@@ -112,7 +112,8 @@ void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const fl
           constexpr int L = decltype(width)::value;
           constexpr bool Lanewise = decltype(lw)::value;
           if constexpr (!(Lanewise && L > 1)) {
-            constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+            constexpr bool DecayInput = std::decay_t<decltype(di)>::value;
+            constexpr bool HardReset = std::decay_t<decltype(hr)>::value;
             forward_kernel<S, L, DecayInput, HardReset, Lanewise>
                 <<<grid_for(a.N, L), kThreads, 0, stream>>>(
                 static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
@@ -143,9 +144,12 @@ bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* g
             constexpr int L = decltype(width)::value;
             constexpr bool Lanewise = decltype(lw)::value;
             if constexpr (!(Lanewise && L > 1)) {
-              constexpr int SG = decltype(sg)::value;
-              constexpr bool DecayGrad = decltype(dg)::value;
-              constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+              // decay_t: inside `if constexpr` g++ (under nvcc) reads an outer lambda's
+              // parameter through its capture, a reference.
+              constexpr int SG = std::decay_t<decltype(sg)>::value;
+              constexpr bool DecayGrad = std::decay_t<decltype(dg)>::value;
+              constexpr bool DecayInput = std::decay_t<decltype(di)>::value;
+              constexpr bool HardReset = std::decay_t<decltype(hr)>::value;
               backward_kernel<S, L, DecayGrad, SG, DecayInput, HardReset, Lanewise>
                   <<<grid_for(a.N, L), kThreads, 0, stream>>>(
                   static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),

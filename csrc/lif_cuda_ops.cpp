@@ -52,10 +52,12 @@ BackwardBuffers backward_cuda(const at::Tensor& grad_spikes,
                               bool need_decay_grad, bool need_affine_grad) {
   TORCH_CHECK(!op.smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad);
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
+                      affine.addend.has_value());
   auto a = launch_args(x, decay, op, affine);
   a.lanes.grad_scale = out.grad_scale_ptr<float>();
   a.lanes.grad_shift = out.grad_shift_ptr<float>();
+  a.lanes.grad_addend = out.grad_addend_ptr();
   if (a.N == 0 && need_affine_grad) {
     out.grad_scale.zero_();
     out.grad_shift.zero_();
@@ -93,24 +95,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
 
 std::tuple<at::Tensor, at::Tensor> lif_affine_forward_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
-    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    const at::Tensor& scale, const at::Tensor& shift, const std::optional<at::Tensor>& addend,
+    double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     double beta, bool smooth) {
   const OpScalars op = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                                         detach_reset, surrogate, alpha, beta, smooth);
-  return forward_cuda(x, v0, decay, affine_of(x, decay, scale, shift), op);
+  return forward_cuda(x, v0, decay, affine_of(x, decay, scale, shift, addend), op);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_affine_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_affine_backward_cuda(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, const at::Tensor& scale,
-    const at::Tensor& shift, double v_threshold, double v_reset, bool hard_reset, bool decay_input,
+    const at::Tensor& shift, const std::optional<at::Tensor>& addend, double v_threshold, double v_reset,
+    bool hard_reset, bool decay_input,
     bool detach_reset, int64_t surrogate, double alpha, double beta, bool smooth,
     bool need_decay_grad, bool need_affine_grad) {
   const OpScalars op = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                          hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                          smooth);
-  return backward_cuda(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift), op,
+  return backward_cuda(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift, addend), op,
                        need_decay_grad, need_affine_grad)
       .finish_affine(decay, scale, shift);
 }

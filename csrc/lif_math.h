@@ -423,6 +423,11 @@ struct LaneParams {
   const A* shift = nullptr;  // nullptr: 0
   int64_t inner = 1, channels = 1;
   int64_t n0 = 0;            // the group's first neuron
+  // An addend of x's shape and storage type S, charged with the affine input
+  // (a residual: x * scale + shift + addend); nullable. Its gradient g goes to
+  // grad_addend (same shape; nullable). Indexed from neuron 0: the driver adds n0.
+  const void* addend = nullptr;
+  void* grad_addend = nullptr;
   // Outputs, per neuron (nullable, from n0 on): sums over t of g * x and of g.
   A* grad_scale = nullptr;
   A* grad_shift = nullptr;
@@ -435,6 +440,19 @@ struct LaneParams {
     return q;
   }
 };
+
+// A Lanewise driver's addend and its gradient from its first neuron on (nullptr
+// for the scalar drivers, which never read them).
+template <bool Lanewise, typename S, typename A>
+TCL_HD const S* lane_addend(const LaneParams<A>& q) {
+  if constexpr (Lanewise) return q.addend ? static_cast<const S*>(q.addend) + q.n0 : nullptr;
+  else return nullptr;
+}
+template <bool Lanewise, typename S, typename A>
+TCL_HD S* lane_grad_addend(const LaneParams<A>& q) {
+  if constexpr (Lanewise) return q.grad_addend ? static_cast<S*>(q.grad_addend) + q.n0 : nullptr;
+  else return nullptr;
+}
 
 // A Lanewise driver's per-neuron decay, scale and shift, read once before the
 // time loop; the scalar drivers keep one decay and no affine (LANES 1 array,
@@ -483,10 +501,15 @@ struct LaneValues {
     if constexpr (Lanewise) return k[l];
     else return p.decay;
   }
-  // What neuron l charges with at a step whose input is x.
-  TCL_HD A input(int l, A x) const {
-    if constexpr (Lanewise) return x * scale[l] + shift[l];
-    else return x;
+  // What neuron l charges with at a step whose input is x (and addend[i]).
+  template <typename S>
+  TCL_HD A input(int l, A x, const S* addend, int64_t i) const {
+    if constexpr (Lanewise) {
+      const A affine = x * scale[l] + shift[l];
+      return addend ? affine + static_cast<A>(addend[i]) : affine;
+    } else {
+      return x;
+    }
   }
 };
 // A driver runs LANES neighbouring neurons over all T steps; v0 == nullptr
@@ -526,6 +549,7 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
   static_assert(!(Lanewise && Packed), "Lanewise drivers read unpacked rows");
   A v[LANES];
   const LaneValues<A, LANES, Lanewise> lv(lanes, p);
+  const S* __restrict__ addend = lane_addend<Lanewise, S>(lanes);
   TCL_SIMD
   for (int l = 0; l < LANES; ++l) v[l] = v0 ? static_cast<A>(v0[l]) : p.v_reset;
   int64_t t = 0;
@@ -543,7 +567,8 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
         RowOut<S, LANES, Packed> st(spikes + (t + j) * stride);
         TCL_UNROLL
         for (int l = 0; l < LANES; ++l) {
-          const A h = charge<A, DecayInput>(v[l], lv.input(l, xb[j][l]), lv.decay(l, p), p);
+          const A h = charge<A, DecayInput>(v[l], lv.input(l, xb[j][l], addend, (t + j) * stride + l),
+                                            lv.decay(l, p), p);
           const A s = fire<A, SG, Smooth>(h, p);
           v[l] = reset<A, HardReset>(h, s, p);
           st.set(l, s);
@@ -558,7 +583,7 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
     RowOut<S, LANES, Packed> st(spikes + t * stride);
     TCL_SIMD
     for (int l = 0; l < LANES; ++l) {
-      const A h = charge<A, DecayInput>(v[l], lv.input(l, xt[l]), lv.decay(l, p), p);
+      const A h = charge<A, DecayInput>(v[l], lv.input(l, xt[l], addend, t * stride + l), lv.decay(l, p), p);
       const A s = fire<A, SG, Smooth>(h, p);
       v[l] = reset<A, HardReset>(h, s, p);
       st.set(l, s);
@@ -599,6 +624,8 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
   const int64_t num_chunks = (T + kTimeChunk - 1) / kTimeChunk;
   A v[LANES];
   const LaneValues<A, LANES, Lanewise> lv(lanes, p);
+  const S* __restrict__ addend = lane_addend<Lanewise, S>(lanes);
+  S* __restrict__ grad_addend = lane_grad_addend<Lanewise, S>(lanes);
   // Pass 1 (only when T spans several chunks): checkpoint the membrane.
   if (num_chunks > 1) {
     TCL_SIMD
@@ -609,7 +636,8 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         const RowIn<A, S, LANES, Packed> xt(x + t * stride);
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A h = charge<A, DecayInput>(v[l], lv.input(l, xt[l]), lv.decay(l, p), p);
+          const A h = charge<A, DecayInput>(v[l], lv.input(l, xt[l], addend, t * stride + l), lv.decay(l, p),
+                                            p);
           v[l] = reset<A, HardReset>(h, fire<A, SG, Smooth>(h, p), p);
         }
       }
@@ -657,7 +685,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
         const S* __restrict__ xrow = x + (t0 + j) * stride;  // read here only when RB == 1
         TCL_SIMD
         for (int l = 0; l < LANES; ++l) {
-          const A xv = RB > 1 ? h[j][l] : lv.input(l, static_cast<A>(xrow[l]));
+          const A xv = RB > 1 ? h[j][l] : lv.input(l, static_cast<A>(xrow[l]), addend, (t0 + j) * stride + l);
           const A hv = charge<A, DecayInput>(v[l], xv, lv.decay(l, p), p);
           if constexpr (DecayGrad)
             dh_dk[j][l] = need_decay_grad ? charge_grad_decay<A, DecayInput>(v[l], xv, p) : A(0);
@@ -701,6 +729,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
             if constexpr (Lanewise) {
               // back through x * scale + shift; x re-read (this chunk's rows are in cache)
               gxt.set(l, gin * lv.scale[l]);
+              if (grad_addend) store_as(grad_addend[(t0 + j) * stride + l], gin);
               gsh[l] += gin;
               gsc[l] = mul_add<Fused>(gin, static_cast<A>(x[(t0 + j) * stride + l]), gsc[l]);
             } else {

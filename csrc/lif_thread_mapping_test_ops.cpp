@@ -76,7 +76,8 @@ BackwardBuffers backward_threads(const at::Tensor& grad_spikes,
                                  const OptionalAffine& affine, const OpScalars& a,
                                  bool need_decay_grad, bool need_affine_grad) {
   TORCH_CHECK(!a.smooth, kBackwardOp, ": no smooth mode");
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad);
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
+                      affine.addend.has_value());
   auto p = make_params<float>(a);
   const int64_t T = x.size(0), N = num_neurons(x);
   bool known = true;
@@ -86,6 +87,7 @@ BackwardBuffers backward_threads(const at::Tensor& grad_spikes,
     const bool lanewise = lane_params<float>(x, decay, affine, p, lanes);
     lanes.grad_scale = out.grad_scale_ptr<float>();
     lanes.grad_shift = out.grad_shift_ptr<float>();
+    lanes.grad_addend = out.grad_addend_ptr();
     float* grad_decay_partial = out.decay_partial_ptr<float>();
     float* v_chunk = out.v_chunk_ptr<float>();
     const S* grad_spikes_p = data_as<S>(grad_spikes);
@@ -146,25 +148,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_thread_mapping(
 
 std::tuple<at::Tensor, at::Tensor> lif_affine_forward_thread_mapping(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
-    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    const at::Tensor& scale, const at::Tensor& shift, const std::optional<at::Tensor>& addend,
+    double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     double beta, bool smooth) {
   const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                                        detach_reset, surrogate, alpha, beta, smooth);
-  return forward_threads(x, v0, decay, affine_of(x, decay, scale, shift), a);
+  return forward_threads(x, v0, decay, affine_of(x, decay, scale, shift, addend), a);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lif_affine_backward_thread_mapping(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
-    const at::Tensor& scale, const at::Tensor& shift, double v_threshold, double v_reset,
+    const at::Tensor& scale, const at::Tensor& shift, const std::optional<at::Tensor>& addend,
+    double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
     double beta, bool smooth, bool need_decay_grad, bool need_affine_grad) {
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
-  return backward_threads(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift), a,
+  return backward_threads(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift, addend), a,
                           need_decay_grad, need_affine_grad)
       .finish_affine(decay, scale, shift);
 }
@@ -185,15 +189,17 @@ TORCH_LIBRARY(tcl_fast_testing, m) {
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay)");
   m.def(
       "lif_affine_forward_thread_mapping(Tensor x, Tensor? v0, Tensor decay, Tensor scale, "
-      "Tensor shift, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
+      "Tensor shift, Tensor? addend, float v_threshold, float v_reset, bool hard_reset, bool decay_input, "
       "bool detach_reset, int surrogate, float alpha, float beta, bool smooth) "
       "-> (Tensor spikes, Tensor v_last)");
   m.def(
       "lif_affine_backward_thread_mapping(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, "
-      "Tensor? v0, Tensor decay, Tensor scale, Tensor shift, float v_threshold, float v_reset, "
+      "Tensor? v0, Tensor decay, Tensor scale, Tensor shift, Tensor? addend, float v_threshold, "
+      "float v_reset, "
       "bool hard_reset, bool decay_input, bool detach_reset, int surrogate, float alpha, "
       "float beta, bool smooth, bool need_decay_grad, bool need_affine_grad) "
-      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift)");
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift, "
+      "Tensor grad_addend)");
 }
 
 TORCH_LIBRARY_IMPL(tcl_fast_testing, CPU, m) {

@@ -49,17 +49,20 @@ TORCH_LIBRARY(tcl_fast, m) {
   // LIF, so that x = the BN input is all autograd keeps). decay may also be
   // per neuron here. grad_x = dL/dx = g * scale, grad_scale = sum_t g * x,
   // grad_shift = sum_t g (g = dL/d(x * scale + shift)), each of x.shape[1:] with
-  // need_affine_grad, else empty ([0]); the rest as lif_backward.
+  // need_affine_grad, else empty ([0]). addend (None, or x's shape and dtype) is charged
+  // too, x * scale + shift + addend (a residual); grad_addend = g, empty without it.
+  // The rest as lif_backward.
   m.def(
-      "lif_affine_forward(Tensor x, Tensor? v0, Tensor decay, Tensor scale, Tensor shift, "
+      "lif_affine_forward(Tensor x, Tensor? v0, Tensor decay, Tensor scale, Tensor shift, Tensor? addend, "
       "float v_threshold, float v_reset, bool hard_reset, bool decay_input, bool detach_reset, "
       "int surrogate, float alpha, float beta, bool smooth) -> (Tensor spikes, Tensor v_last)");
   m.def(
       "lif_affine_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
-      "Tensor decay, Tensor scale, Tensor shift, float v_threshold, float v_reset, bool hard_reset, "
+      "Tensor decay, Tensor scale, Tensor shift, Tensor? addend, float v_threshold, float v_reset, bool hard_reset, "
       "bool decay_input, bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
       "bool need_decay_grad, bool need_affine_grad) "
-      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift)");
+      "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift, "
+      "Tensor grad_addend)");
   // Spikes as bits (csrc/spike_pack.cpp; tcl_fast/pack.py): x holds 0/1 in float16/bfloat16/
   // float32/float64, read flat in memory order; bits: uint8 [ceil(numel/8)], element i is bit
   // i % 8 (LSB first) of byte i / 8. unpack_spikes returns a flat [numel] tensor of 0/1 in dtype.

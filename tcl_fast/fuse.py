@@ -146,9 +146,10 @@ def fuse_bn_lif(model: nn.Module, impl: str = "auto") -> nn.Module:
     A model with nothing to fuse is returned unchanged, with a warning.
     Pickle the state dict, not the fused module (its class is generated).
 
-    ``impl`` is ``bn_lif``'s: ``"auto"`` folds a plain block's BN into the LIF
-    kernel (equal to the unfused model up to float rounding) and recomputes the
-    others; ``"recompute"`` is bit-identical to the unfused model on CPU.
+    ``impl`` is ``bn_lif``'s: ``"auto"`` folds the BN of a block without a
+    projection shortcut into the LIF kernel (equal to the unfused model up to
+    float rounding) and recomputes the others; ``"recompute"`` is
+    bit-identical to the unfused model on CPU.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

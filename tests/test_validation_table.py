@@ -77,7 +77,7 @@ FUNCTION_CASES = {
         lambda: tcl_fast.LIFMultiStep(learnable_tau=True, channels=4)(torch.ones(3, 2, 5)),
     ("`bn_lif`", "`impl` unknown"):
         lambda: tcl_fast.nn.bn_lif(torch.ones(2, 3, 4), torch.nn.BatchNorm1d(4), tcl_fast.LIFMultiStep(), impl="x"),
-    ("`bn_lif`", "`impl`=\"kernel\" for a block with a residual, a shortcut, per-step statistics or a "
+    ("`bn_lif`", "`impl`=\"kernel\" for a block with a shortcut branch, per-step statistics or a "
                  "non-C++/CUDA LIF backend"):
         lambda: tcl_fast.nn.bn_lif(torch.ones(2, 3, 4, requires_grad=True), torch.nn.BatchNorm1d(4),
                                    tcl_fast.LIFMultiStep(backend="torch"), impl="kernel"),

@@ -10,9 +10,10 @@ two ways (``impl=``):
   neurons charge with ``y * scale + shift``; backward runs
   ``lif_affine_backward``, which recomputes the normalised input inside the
   kernel and returns, in the same pass, ``scale * g`` and the per-channel sums
-  of ``g`` and ``g * y`` that BN's backward needs (g = dL/dBN(y)). For plain
-  blocks (statistics over T*B, no residual or shortcut). Equal to the unfused
-  block up to float rounding.
+  of ``g`` and ``g * y`` that BN's backward needs (g = dL/dBN(y)); a residual
+  is charged inside the kernel too. For blocks with statistics over T*B and no
+  projection shortcut (whose BN output would have to be saved as the kernel's
+  addend). Equal to the unfused block up to float rounding.
 * ``"recompute"``: the backward recomputes ``z = BN(y) [+ residual]`` and the
   LIF forward, then runs BN's and the LIF's backward through the same
   PyTorch/tcl_fast ops as the unfused block: values, gradients and running
@@ -298,7 +299,8 @@ def _bn_seq(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------
-# BN folded into the LIF kernel (plain blocks on the C++/CUDA kernels)
+# BN folded into the LIF kernel (statistics over T*B, no projection shortcut;
+# the C++/CUDA kernels)
 # --------------------------------------------------------------------------
 def _kernel_backend(lif, y: torch.Tensor) -> bool:
     """Whether the block can run BN inside the LIF kernel: the C++/CUDA op
@@ -342,13 +344,15 @@ class _BNLIFKernel(torch.autograd.Function):
     per-channel sums of ``g`` and ``g * y`` (g = dL/dBN(y)) in one pass, and
     finishes BN's input gradient with one per-channel affine of ``y``.
 
-    ``cfg = (lif, bn, training, factor, return_v)``; tensor inputs ``y, weight,
-    bias, decay`` (``decay``: a tensor for a learnt tau, else None and
-    ``lif.decay`` constant is in cfg).
+    ``cfg = (lif, bn, training, factor, return_v, constant decay)``; tensor
+    inputs ``y, weight, bias, decay, residual`` (``decay``: a tensor for a learnt
+    tau, else None; ``residual``: None, or an addend the kernel charges with the
+    normalised input, saved for the backward's recompute; spikes, it is saved
+    as bits under ``pack_spikes``).
     """
 
     @staticmethod
-    def forward(ctx, cfg, y, weight, bias, decay):
+    def forward(ctx, cfg, y, weight, bias, decay, residual):
         lif, bn, training, factor, return_v, const_decay = cfg
         C = y.shape[2]
         shape = (C,) + (1,) * (y.dim() - 3)
@@ -370,9 +374,11 @@ class _BNLIFKernel(torch.autograd.Function):
             invstd = torch.rsqrt(var + bn.eps)
             scale, shift = _scale_shift(weight, bias, mean, invstd)
             k = decay.detach().to(acc) if decay is not None else _constant_decay(const_decay, y.device, acc)
+        if residual is not None:
+            residual = residual.to(y.dtype).contiguous()
         out = lif_affine_multistep(y, scale.view(shape), shift.view(shape), decay=k, spec=lif.spec,
-                                   return_v=True)
-        ctx.save_for_backward(y, weight, bias, mean, invstd, k)
+                                   addend=residual, return_v=True)
+        ctx.save_for_backward(y, weight, bias, mean, invstd, k, residual)
         ctx.cfg, ctx.shape = cfg, shape
         ctx.set_materialize_grads(False)
         return out if return_v else out[0]
@@ -380,16 +386,16 @@ class _BNLIFKernel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_v=None):
         lif, bn, training, _, _, _ = ctx.cfg
-        y, weight, bias, mean, invstd, k = ctx.saved_tensors
-        needs = ctx.needs_input_grad  # cfg, y, weight, bias, decay
+        y, weight, bias, mean, invstd, k, residual = ctx.saved_tensors
+        needs = ctx.needs_input_grad  # cfg, y, weight, bias, decay, residual
         if grad_spikes is None and grad_v is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         shape = ctx.shape
         scale, shift = _scale_shift(weight, bias, mean, invstd)
         grad_spikes = torch.zeros_like(y) if grad_spikes is None else grad_spikes.contiguous()
-        gy, _, gk, sum_gy, sum_g = torch.ops.tcl_fast.lif_affine_backward(
+        gy, _, gk, sum_gy, sum_g, g_residual = torch.ops.tcl_fast.lif_affine_backward(
             grad_spikes, None if grad_v is None else grad_v.contiguous(), y, None, k, scale.view(shape),
-            shift.view(shape), *lif.spec.kernel_args, False, needs[4], True)
+            shift.view(shape), residual, *lif.spec.kernel_args, False, needs[4], True)
         sum_gy, sum_g = sum_gy.view(-1), sum_g.view(-1)
         # sum over (T, B, ...) of g * xhat, xhat = (y - mean) * invstd
         sum_gxhat = invstd * (sum_gy - mean * sum_g)
@@ -402,14 +408,15 @@ class _BNLIFKernel(torch.autograd.Function):
             gy.addcmul_(y, k1.view(shape)).add_(k0.view(shape))
         grad_w = sum_gxhat.to(weight.dtype) if weight is not None and needs[2] else None
         grad_b = sum_g.to(bias.dtype) if bias is not None and needs[3] else None
-        return None, gy if needs[1] else None, grad_w, grad_b, gk if needs[4] else None
+        return (None, gy if needs[1] else None, grad_w, grad_b, gk if needs[4] else None,
+                g_residual if residual is not None and needs[5] else None)
 
 
-def _bn_lif_kernel(y, bn, lif, lif_w, decay, return_v):
+def _bn_lif_kernel(y, bn, lif, lif_w, decay, return_v, residual):
     training, _, _, factor = _bn_args(bn)
     learnt = learnt_decay(lif_w, y, type(lif).__name__) if lif_w is not None else None
     cfg = (lif, bn, training, factor, return_v, decay)
-    out = _BNLIFKernel.apply(cfg, y, bn.weight, bn.bias, learnt)
+    out = _BNLIFKernel.apply(cfg, y, bn.weight, bn.bias, learnt, residual)
     if return_v:
         out, lif.v = out
     return mark_spikes(out)
@@ -443,8 +450,9 @@ def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep | BaseNode,
 
     * ``"kernel"``: BN folded into the LIF kernel (``lif_affine_forward``): the
       neuron charges with ``y * scale + shift`` per channel, and its backward
-      returns BN's per-channel sums in the same pass. For plain blocks
-      (``stats="tb"``, no residual or shortcut) on the C++/CUDA kernels;
+      returns BN's per-channel sums in the same pass; a residual is charged in
+      the kernel too. For ``stats="tb"`` blocks without ``shortcut`` on the
+      C++/CUDA kernels;
       ValueError elsewhere. Equal to the unfused block up to rounding (the
       normalisation is computed in float32 inside the kernel, not by
       ``batch_norm``).
@@ -479,14 +487,15 @@ def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep | BaseNode,
     if torch.compiler.is_compiling() or not needs_grad or _holds_state(lif):
         return _unfused(pairs, residual, lif, stats)
     if impl != "recompute":
-        why = ("stats='step'" if stats != "tb" else "a residual" if residual is not None
-               else "a shortcut branch" if shortcut is not None
+        why = ("stats='step'" if stats != "tb" else "a shortcut branch" if shortcut is not None
+               else "a residual of another shape" if residual is not None and residual.shape != y.shape
                else None if _kernel_backend(lif, y) else f"the LIF backend {lif.backend!r} for {y.dtype} "
                f"{y.device.type} tensors is not the C++/CUDA kernel")
         if why is None:
-            return _bn_lif_kernel(y, bn, lif, lif_w, decay, return_v)
+            return _bn_lif_kernel(y, bn, lif, lif_w, decay, return_v, residual)
         if impl == "kernel":
-            raise ValueError(f"bn_lif(impl='kernel'): BN folds into the LIF kernel for a plain block only; "
+            raise ValueError(f"bn_lif(impl='kernel'): BN folds into the LIF kernel for stats='tb' blocks "
+                             f"without a shortcut branch on the C++/CUDA kernels; "
                              f"this one has {why} (impl='auto' recomputes instead)")
     branches, factors, flat = [], [], []
     for t, m in pairs:

@@ -110,37 +110,41 @@ if _extension.has_cpp():
     # into the LIF (tcl_fast.nn.bnlif). Autograd through torch.library, as the
     # plain op's; its eager caller (bn_lif) runs it inside its own Function.
     @torch.library.register_fake("tcl_fast::lif_affine_forward")
-    def _lif_affine_forward_fake(x, v0, decay, scale, shift, *params):
+    def _lif_affine_forward_fake(x, v0, decay, scale, shift, addend, *params):
         return torch.empty_like(x), x.new_empty(x.shape[1:])
 
     @torch.library.register_fake("tcl_fast::lif_affine_backward")
-    def _lif_affine_backward_fake(grad_spikes, grad_v_last, x, v0, decay, scale, shift, *params):
+    def _lif_affine_backward_fake(grad_spikes, grad_v_last, x, v0, decay, scale, shift, addend, *params):
         need_decay_grad, need_affine_grad = params[-2:]
         grad_v0 = x.new_empty(x.shape[1:] if v0 is not None else (0,))
         grad_decay = torch.empty_like(decay) if need_decay_grad else decay.new_empty(0)
         affine = (torch.empty_like(scale), torch.empty_like(shift)) if need_affine_grad else \
             (scale.new_empty(0), shift.new_empty(0))
-        return (torch.empty_like(x), grad_v0, grad_decay, *affine)
+        grad_addend = torch.empty_like(x) if addend is not None else x.new_empty(0)
+        return (torch.empty_like(x), grad_v0, grad_decay, *affine, grad_addend)
 
     def _lif_affine_setup_context(ctx, inputs, output):
-        x, v0, decay, scale, shift, *params = inputs
-        ctx.save_for_backward(x, v0, decay, scale, shift)
+        x, v0, decay, scale, shift, addend, *params = inputs
+        # The addend itself is not needed in backward (its gradient is g), but the
+        # kernel re-runs the forward, which charges it: saved like x.
+        ctx.save_for_backward(x, v0, decay, scale, shift, addend)
         ctx.params = params
         ctx.set_materialize_grads(False)
 
     @once_differentiable
     def _lif_affine_backward(ctx, grad_spikes, grad_v_last):
-        x, v0, decay, scale, shift = ctx.saved_tensors
+        x, v0, decay, scale, shift, addend = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if grad_spikes is None:
             grad_spikes = torch.zeros_like(x)
         if grad_v_last is not None:
             grad_v_last = grad_v_last.contiguous()
-        grad_x, grad_v0, grad_decay, grad_scale, grad_shift = torch.ops.tcl_fast.lif_affine_backward(
-            grad_spikes.contiguous(), grad_v_last, x, v0, decay, scale, shift, *ctx.params,
+        grad_x, grad_v0, grad_decay, grad_scale, grad_shift, grad_addend = torch.ops.tcl_fast.lif_affine_backward(
+            grad_spikes.contiguous(), grad_v_last, x, v0, decay, scale, shift, addend, *ctx.params,
             needs[2], needs[3] or needs[4])
         return (grad_x, grad_v0 if v0 is not None else None, grad_decay if needs[2] else None,
                 grad_scale if needs[3] else None, grad_shift if needs[4] else None,
+                grad_addend if addend is not None and needs[5] else None,
                 None, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(
@@ -513,16 +517,18 @@ def _broadcast_shape(a, b):
 
 
 def lif_affine_multistep(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, v0: torch.Tensor | None = None,
-                         *, decay: float | torch.Tensor, spec: NeuronSpec, return_v: bool = False):
-    """``lif_multistep(x * scale + shift, v0, decay=decay, spec=spec)`` with the
-    affine applied inside the C++/CUDA kernel, so ``x * scale + shift`` is never
-    stored: a BatchNorm folded into the LIF (``tcl_fast.nn.bn_lif``).
+                         *, decay: float | torch.Tensor, spec: NeuronSpec, addend: torch.Tensor | None = None,
+                         return_v: bool = False):
+    """``lif_multistep(x * scale + shift [+ addend], v0, decay=decay, spec=spec)``
+    with the affine applied inside the C++/CUDA kernel, so ``x * scale + shift``
+    is never stored: a BatchNorm folded into the LIF (``tcl_fast.nn.bn_lif``);
+    ``addend`` (x's shape; cast to x's dtype) is a residual charged with it.
 
     ``x: [T, *neurons]`` float, on a device whose C++/CUDA kernel is built;
     ``scale``/``shift``: x's accumulation dtype (float32; float64 for float64
     ``x``), one per channel (``[C, 1, ...]`` broadcasting to ``x.shape[1:]``) or
     per neuron; ``decay`` one value, or per channel in the same layout.
-    Differentiable in ``x``, ``v0``, ``decay``, ``scale`` and ``shift``.
+    Differentiable in ``x``, ``v0``, ``decay``, ``scale``, ``shift`` and ``addend``.
     """
     if not isinstance(spec, NeuronSpec):
         raise TypeError(f"spec must be a tcl_fast NeuronSpec, got {type(spec).__name__}")
@@ -539,7 +545,7 @@ def lif_affine_multistep(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tens
         lane_param(k.to(device=x.device, dtype=acc), neuron_shape)
     args = (x.contiguous(), None if v0 is None else v0.contiguous(), k,
             lane_param(scale.to(acc), neuron_shape), lane_param(shift.to(acc), neuron_shape),
-            *spec.kernel_args, False)
+            None if addend is None else addend.to(x.dtype).contiguous(), *spec.kernel_args, False)
     if torch.compiler.is_compiling() or torch.is_grad_enabled():
         spikes, v_last = torch.ops.tcl_fast.lif_affine_forward(*args)
     else:

@@ -86,6 +86,11 @@ def test_kernel_matches_bn_then_lif(train, learnable_tau):
     _check(train=train, learnable_tau=learnable_tau, impl="kernel", exact=False, tol=F32)
 
 
+def test_kernel_residual_and_learnable_tau():
+    # the residual is charged inside the kernel: x * scale + shift + residual
+    _check(residual=True, learnable_tau=True, impl="kernel", exact=False, tol=F32)
+
+
 def test_kernel_float64():
     _check(dtype=torch.float64, impl="kernel", exact=False, tol=dict(rtol=1e-12, atol=1e-12))
 
@@ -129,8 +134,8 @@ def test_kernel_bn1d_affine_false_and_momentum_none():
 def test_kernel_refuses_what_it_cannot_fold():
     bn, lif = _pair()
     y = torch.randn(3, 2, 6, 4, 4, requires_grad=True)
-    with pytest.raises(ValueError, match="this one has a residual"):
-        bn_lif(y, bn, lif, torch.zeros_like(y), impl="kernel")
+    with pytest.raises(ValueError, match="this one has a shortcut branch"):
+        bn_lif(y, bn, lif, shortcut=(y, copy.deepcopy(bn)), impl="kernel")
     with pytest.raises(ValueError, match="LIF backend 'torch'"):
         bn_lif(y, bn, tcl_fast.LIFMultiStep(backend="torch"), impl="kernel")
     with pytest.raises(ValueError, match="impl must be one of"):

@@ -1,0 +1,123 @@
+"""The LIF of an affine input (tcl_fast::lif_affine_forward / _backward), which
+bn_lif uses to run BatchNorm inside the LIF kernel: LIF(x * scale + shift
+[+ addend]) against the pure-PyTorch reference of the same expression, its
+gradients (float64 gradcheck in smooth mode), opcheck, and the GPU threads'
+code run on the CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tcl_fast import _extension
+from tcl_fast.ops.lif import NeuronSpec, lif_affine_multistep, lif_multistep
+
+pytestmark = pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
+
+
+def _case(shape=(6, 3, 5, 4), dtype=torch.float32, seed=0, addend=True):
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 1.5).to(dtype)
+    C = shape[2]
+    pshape = (C,) + (1,) * (len(shape) - 3)
+    scale = (0.5 + torch.rand(pshape, generator=g, dtype=torch.float64)).to(acc)
+    shift = (0.4 * torch.randn(pshape, generator=g, dtype=torch.float64) + 0.3).to(acc)
+    add = (torch.rand(shape, generator=g, dtype=torch.float64) < 0.3).to(dtype) if addend else None
+    return x, scale, shift, add
+
+
+@pytest.mark.parametrize("addend", [False, True])
+@pytest.mark.parametrize("spec", [NeuronSpec(), NeuronSpec(v_reset=None, surrogate="atan", decay_input=False),
+                                  NeuronSpec(detach_reset=True, surrogate="piecewise_leaky_relu")])
+@pytest.mark.parametrize("decay", [0.4, "per-channel"])
+def test_matches_reference_of_the_affine_input(addend, spec, decay):
+    x, scale, shift, add = _case(seed=3, addend=addend)
+    if decay == "per-channel":
+        decay = torch.linspace(0.3, 0.8, x.shape[2]).view(-1, 1)
+    grads = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    results = []
+    for fused in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, scale, shift)]
+        a = None if add is None else add.detach().clone().requires_grad_()
+        d = decay.clone().requires_grad_() if isinstance(decay, torch.Tensor) else decay
+        if fused:
+            s = lif_affine_multistep(leaves[0], leaves[1], leaves[2], decay=d, spec=spec, addend=a)
+        else:
+            z = leaves[0] * leaves[1] + leaves[2]
+            s = lif_multistep(z if a is None else z + a, decay=d, spec=spec, backend="torch")
+        (s * grads).sum().backward()
+        results.append([s.detach(), *(t.grad for t in leaves), None if a is None else a.grad,
+                        d.grad if isinstance(d, torch.Tensor) else None])
+    got, want = results
+    assert torch.equal(got[0], want[0])
+    for name, u, v in zip(("x", "scale", "shift", "addend", "decay"), got[1:], want[1:]):
+        if v is None:
+            assert u is None, name
+        else:
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("addend", [False, True])
+def test_gradcheck_smooth_mode(addend):
+    # Smooth mode fires the sigmoid's primitive: finite differences check dx,
+    # dv0, ddecay, dscale, dshift and daddend of the whole recursion.
+    x, scale, shift, add = _case((18, 2, 3), torch.float64, seed=5, addend=addend)
+    v0 = 0.2 * torch.randn(2, 3, dtype=torch.float64)
+    decay = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
+    scale, shift = scale.view(-1), shift.view(-1)
+    ops = torch.ops.tcl_fast
+    params = NeuronSpec(alpha=2.0).kernel_args
+
+    def f(x, v0, decay, scale, shift, *a):
+        return ops.lif_affine_forward(x, v0, decay, scale, shift, a[0] if a else None, *params, True)
+
+    inputs = [t.clone().requires_grad_() for t in (x, v0, decay, scale, shift)] + (
+        [add.clone().requires_grad_()] if addend else [])
+    assert torch.autograd.gradcheck(f, tuple(inputs))
+
+
+@pytest.mark.parametrize("addend", [False, True])
+@pytest.mark.parametrize("need_affine_grad", [True, False])
+def test_opcheck(addend, need_affine_grad):
+    x, scale, shift, add = _case(addend=addend)
+    decay = torch.tensor(0.5)
+    params = NeuronSpec().kernel_args
+    torch.library.opcheck(torch.ops.tcl_fast.lif_affine_forward.default,
+                          (x.requires_grad_(), None, decay, scale.requires_grad_(), shift, add, *params, False))
+    args = (torch.randn_like(x), None, x.detach(), None, decay, scale.detach(), shift, add, *params, False, True,
+            need_affine_grad)
+    torch.library.opcheck(torch.ops.tcl_fast.lif_affine_backward.default, args)
+    out = torch.ops.tcl_fast.lif_affine_backward(*args)
+    assert out[3].shape == (scale.shape if need_affine_grad else (0,))
+    assert out[5].shape == (x.shape if addend else (0,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_thread_mapping_matches_cpu_kernel(dtype):
+    testing, ops = torch.ops.tcl_fast_testing, torch.ops.tcl_fast
+    params = NeuronSpec(v_reset=-0.25).kernel_args + (False,)
+    for T, shape, addend in [(17, (2, 4, 8), True), (5, (3, 5, 1), False), (21, (1, 6, 7), True)]:
+        x, scale, shift, add = _case((T, *shape), dtype, seed=T, addend=addend)
+        decay = torch.linspace(0.3, 0.8, shape[1]).view(-1, 1)
+        gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        got = testing.lif_affine_forward_thread_mapping(x, None, decay, scale, shift, add, *params) + \
+            testing.lif_affine_backward_thread_mapping(gs, None, x, None, decay, scale, shift, add, *params, True, True)
+        want = ops.lif_affine_forward(x, None, decay, scale, shift, add, *params) + \
+            ops.lif_affine_backward(gs, None, x, None, decay, scale, shift, add, *params, True, True)
+        for i, (a, b) in enumerate(zip(got, want)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"output {i}, T={T}")
+
+
+def test_refuses_bad_affine_inputs():
+    x, scale, shift, _ = _case()
+    params = NeuronSpec().kernel_args + (False,)
+    ops, decay = torch.ops.tcl_fast, torch.tensor(0.5)
+    with pytest.raises(RuntimeError, match="scale and shift must be one per channel"):
+        ops.lif_affine_forward(x, None, decay, torch.ones(7), shift, None, *params)
+    with pytest.raises(RuntimeError, match="share one layout"):
+        ops.lif_affine_forward(x, None, torch.full((3, 1, 1), 0.5), scale, shift, None, *params)
+    with pytest.raises(RuntimeError, match="addend must be"):
+        ops.lif_affine_forward(x, None, decay, scale, shift, x[:, :2].contiguous(), *params)
+    with pytest.raises(RuntimeError, match="needs the C\\+\\+/CUDA kernels|resolved backend"):
+        lif_affine_multistep(torch.ones(2, 3, dtype=torch.int32).float().to("meta"), scale, shift, decay=0.5,
+                             spec=NeuronSpec())

@@ -40,6 +40,22 @@ def test_bench_lif_tiny_cpu_run(tmp_path):
 
 
 @pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
+def test_bench_lif_decay_and_bn_lif_tiny_runs(tmp_path):
+    out = tmp_path / "decay.json"
+    _run_benchmark("bench_lif_decay.py", "--device", "cpu", "--shape", "2", "2", "3", "4", "--dtypes", "float32",
+                   "--rounds", "2", "--min-time", "0", "--out", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["copy", "fixed", "shared", "per-channel"]
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+    out = tmp_path / "bn.json"
+    _run_benchmark("bench_bn_lif.py", "--device", "cpu", "--shape", "2", "2", "3", "4", "4", "--layouts", "tb",
+                   "--rounds", "2", "--min-time", "0", "--out", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["unfused", "recompute", "kernel"]
+    assert rows[2]["saved_ratio"] < 0.75 and rows[0]["saved_ratio"] == 1.0
+
+
+@pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
 def test_bench_lif_runs_summarises_fresh_processes(tmp_path):
     out = tmp_path / "runs.json"
     _run_benchmark(
@@ -89,6 +105,6 @@ def test_benchmarks_write_outside_committed_results_unless_told():
         assert ignored.returncode == 0, "benchmarks/results/local/ must be git-ignored"
     # No script picks its own default path any more: they all go through _common.
     for script in ("bench_lif.py", "bench_lif_backward.py", "bench_lif_runs.py", "bench_supcon.py",
-                   "profile_lif.py", "bench_bn_lif.py"):
+                   "profile_lif.py", "bench_bn_lif.py", "bench_lif_decay.py"):
         text = open(os.path.join(ROOT, "benchmarks", script)).read()
         assert "import _common" in text and "sys.path.insert" not in text, script

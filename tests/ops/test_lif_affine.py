@@ -121,3 +121,50 @@ def test_refuses_bad_affine_inputs():
     with pytest.raises(RuntimeError, match="needs the C\\+\\+/CUDA kernels|resolved backend"):
         lif_affine_multistep(torch.ones(2, 3, dtype=torch.int32).float().to("meta"), scale, shift, decay=0.5,
                              spec=NeuronSpec())
+
+
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()),
+                                reason="no CUDA kernels / GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu(dtype):
+    # The CUDA threads run the same Lanewise drivers as the CPU groups.
+    params = NeuronSpec(v_reset=-0.25, surrogate="atan").kernel_args + (False,)
+    ops = torch.ops.tcl_fast
+    for T, shape in [(17, (2, 4, 8)), (5, (3, 5, 7))]:
+        x, scale, shift, add = _case((T, *shape), dtype, seed=T)
+        decay = torch.linspace(0.3, 0.8, shape[1]).view(-1, 1)
+        gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        want = ops.lif_affine_forward(x, None, decay, scale, shift, add, *params) + \
+            ops.lif_affine_backward(gs, None, x, None, decay, scale, shift, add, *params, True, True)
+        c = [t.cuda() for t in (x, decay, scale, shift, add, gs)]
+        got = ops.lif_affine_forward(c[0], None, c[1], c[2], c[3], c[4], *params) + \
+            ops.lif_affine_backward(c[5], None, c[0], None, c[1], c[2], c[3], c[4], *params, True, True)
+        for i, (a, b) in enumerate(zip(got, want)):
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(a.cpu(), b, rtol=tol, atol=tol, msg=f"output {i}, T={T}")
+
+
+@needs_cuda
+def test_cuda_bn_lif_in_kernel_matches_bn_then_lif():
+    import copy
+
+    from tcl_fast.nn import LIFMultiStep
+    from tcl_fast.nn.bnlif import bn_lif
+
+    torch.manual_seed(0)
+    bn, lif = torch.nn.BatchNorm2d(6).cuda(), LIFMultiStep(learnable_tau=True, channels=6).cuda()
+    y = (torch.randn(4, 3, 6, 5, 5, device="cuda") * 1.5 + 0.3)
+    r = (torch.rand_like(y) < 0.3).float()
+    w = torch.randn_like(y)
+    outs = []
+    for fused in (True, False):
+        b, li = copy.deepcopy(bn), copy.deepcopy(lif)
+        yy, rr = y.clone().requires_grad_(), r.clone().requires_grad_()
+        s = bn_lif(yy, b, li, rr, impl="kernel") if fused else li(b(yy.flatten(0, 1)).view_as(yy) + rr)
+        (s * w).sum().backward()
+        outs.append([s, yy.grad, rr.grad, b.weight.grad, b.bias.grad, li.w.grad, b.running_mean, b.running_var])
+    for i, (a, b) in enumerate(zip(*outs)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"item {i}")

@@ -17,44 +17,14 @@ import tcl_fast
 
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
 from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
-from spikingjelly.activation_based.model import (  # noqa: E402
-    parametric_lif_net,
-    sew_resnet,
-    spiking_resnet,
-    spiking_vgg,
-)
+import sj_zoo  # noqa: E402  (tests/sj_zoo.py: the zoo models, small)
 
 T = 2
 _BUILT: dict = {}  # name -> (model, input size): each zoo model is built once
 
 
-def _resnet18():
-    return spiking_resnet.spiking_resnet18(
-        spiking_neuron=sj_neuron.LIFNode, surrogate_function=surrogate.Sigmoid(), num_classes=10), 8
-
-
-def _sew_resnet18():
-    return sew_resnet.sew_resnet18(
-        cnf="ADD", spiking_neuron=sj_neuron.LIFNode, surrogate_function=surrogate.ATan(),
-        detach_reset=True, num_classes=10), 8
-
-
-def _vgg11_bn():
-    kwargs = dict(tau=3.0, v_reset=None, decay_input=False,
-                  surrogate_function=surrogate.PiecewiseQuadratic(alpha=1.5))
-    net = spiking_vgg.spiking_vgg11_bn(spiking_neuron=sj_neuron.LIFNode, num_classes=10, **kwargs)
-    # The zoo's 25088x4096 classifier is 100M+ weights: keep its neurons, shrink its layers.
-    net.avgpool = layer.AdaptiveAvgPool2d((1, 1))
-    net.classifier[0] = layer.Linear(512, 32)
-    net.classifier[3] = layer.Linear(32, 32)
-    net.classifier[6] = layer.Linear(32, 10)
-    return net, 32
-
-
-def _plif_cifar10():
-    return parametric_lif_net.CIFAR10Net(
-        channels=4, spiking_neuron=sj_neuron.ParametricLIFNode,
-        surrogate_function=surrogate.ATan(), detach_reset=True), 32
+_resnet18, _sew_resnet18 = sj_zoo.resnet18, sj_zoo.sew_resnet18
+_vgg11_bn, _plif_cifar10 = sj_zoo.vgg11_bn, sj_zoo.plif_cifar10
 
 
 def _if_net():

@@ -28,6 +28,12 @@ from bench_lif import device_name, interleaved_medians, write_results  # noqa: E
 import tcl_fast  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# HBM peaks (GB/s, vendor data sheets) of the GPUs this project is lent; --peak-gbs overrides.
+PEAK_GBS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0}
+
+
+def peak_gbs(name: str) -> float | None:
+    return next((v for k, v in PEAK_GBS.items() if k in name), None)
 
 
 def _cases(x, C):
@@ -77,7 +83,10 @@ def main(argv=None) -> None:
         ap.error("--shape needs at least T B C")
     device = torch.device(args.device)
     name = device_name(device)
-    print(f"{name}, torch {torch.__version__}, x = {args.shape}")
+    if args.peak_gbs is None and device.type == "cuda":
+        args.peak_gbs = peak_gbs(name)
+    print(f"{name}, torch {torch.__version__}, x = {args.shape}"
+          + (f", peak {args.peak_gbs:.0f} GB/s" if args.peak_gbs else ""))
     print(f"{'dtype':<9} {'variant':<12} {'fwd ms':>8} {'vs shared':>9} {'fwd+bwd ms':>11} {'vs shared':>9}"
           + (f" {'fwd GB/s':>9}" if device.type == "cuda" else ""))
     rows = []

@@ -16,11 +16,12 @@
 # profile_lif.py: kernel time vs the whole call, then the host time per call
 # at 1024 neurons), "supcon" (the benchmarks) and "step" (bench_train_step.py:
 # a whole training step of ResNet-19 and SpikingJelly's zoo spiking_resnet18,
-# original vs converted, memory, images/s and the largest batch in a budget).
+# original vs converted, memory, images/s and the largest batch in a budget;
+# then bench_bn_lif.py and bench_lif_decay.py, their tables in the log).
 # Logs + JSON go to OUTDIR (at most 8 files, so a lent machine can return them
 # all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side numbers)
 # are installed first, offline. Each stage has its own time limit (T_BUILD,
-# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_STEP, T_SJ seconds) so a slow stage cannot eat the later ones; by
+# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_STEP, T_BN, T_DECAY, T_SJ seconds) so a slow stage cannot eat the later ones; by
 # default the benchmarks run a lean sweep that fits a short lease
 # (SpikingJelly's own shape, 64x65536, in full).
 set -uo pipefail
@@ -110,6 +111,15 @@ if wants step; then
 stage bench_train_step | tee -a "$LOG"
 read -r -a STEP_ARGS <<< "${STEP_ARGS:---models resnet19 sj_resnet18 --T 6 --batch 32 --time-T 6 --repeats 5 --budget-gib 16 --budget-T 6}"
 timeout "${T_STEP:-150}" python benchmarks/bench_train_step.py --device cuda "${STEP_ARGS[@]}" --out "$OUT/train_step_cuda.json" 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# BN inside the LIF kernel per block, and a per-channel tau against a shared one: tables in the
+# log only (OUT holds at most 8 files).
+stage "bn_lif and per-channel decay" | tee -a "$LOG"
+timeout "${T_BN:-60}" python benchmarks/bench_bn_lif.py --shape 6 32 128 32 32 --layouts tb --rounds 20 \
+  --min-time 3 --out /tmp/bn_lif_cuda.json 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+timeout "${T_DECAY:-60}" python benchmarks/bench_lif_decay.py --shape 6 32 128 32 32 --dtypes float16 float32 \
+  --rounds 20 --min-time 3 --out /tmp/lif_decay_cuda.json 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

@@ -50,7 +50,7 @@ def _resolve_backend(backend: str) -> str:
 class BaseNode(SpecAttributes, nn.Module):
     """Shared state, step modes and kernel call of the SpikingJelly-style neurons.
 
-    Subclasses provide ``_decay()`` (k = 1/tau, a float or a tensor). The firing
+    Subclasses provide ``_decay(x_seq)`` (k = 1/tau, a float or a tensor). The firing
     parameters live in ``self.spec`` (``NeuronSpec``; SpecAttributes).
     """
 

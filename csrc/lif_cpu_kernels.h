@@ -418,31 +418,27 @@ void forward_dtype(const at::Tensor& x, const std::optional<at::Tensor>& v0,
   auto p = make_params<A>(a);
   LaneParams<A> lanes;
   const bool lanewise = lane_params<A>(x, decay, affine, p, lanes);
-  with_bool(lanewise, [&](auto lw) {
-    with_bool(a.decay_input, [&](auto di) {
-      with_bool(a.hard_reset, [&](auto hr) {
-        constexpr bool Lanewise = decltype(lw)::value;
-        constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-        if constexpr (smooth_supported<S>()) {
-          if (a.smooth) {
-            bool built = true;
-            const bool known = with_surrogate(a.surrogate, [&](auto sg) {
-              constexpr int SG = decltype(sg)::value;
-              if constexpr (smooth_built<Lanewise, SG>())
-                forward_cpu_typed<S, A, SG, DecayInput, HardReset, true, Lanewise>(
-                    x, v0, spikes, v_last, p, lanes);
-              else built = false;
-            });
-            TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
-            TORCH_CHECK(built, kSmoothLanewiseError);
-            return;
-          }
-        }
-        // Without smooth mode the forward does not depend on the surrogate.
-        forward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false, Lanewise>(
-            x, v0, spikes, v_last, p, lanes);
-      });
-    });
+  with_driver_switches(lanewise, a.decay_input, a.hard_reset, [&](auto lw, auto di, auto hr) {
+    constexpr bool Lanewise = decltype(lw)::value;
+    constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+    if constexpr (smooth_supported<S>()) {
+      if (a.smooth) {
+        bool built = true;
+        const bool known = with_surrogate(a.surrogate, [&](auto sg) {
+          constexpr int SG = decltype(sg)::value;
+          if constexpr (smooth_built<Lanewise, SG>())
+            forward_cpu_typed<S, A, SG, DecayInput, HardReset, true, Lanewise>(
+                x, v0, spikes, v_last, p, lanes);
+          else built = false;
+        });
+        TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
+        TORCH_CHECK(built, kSmoothLanewiseError);
+        return;
+      }
+    }
+    // Without smooth mode the forward does not depend on the surrogate.
+    forward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false, Lanewise>(
+        x, v0, spikes, v_last, p, lanes);
   });
 }
 
@@ -462,40 +458,36 @@ bool backward_dtype(const at::Tensor& grad_spikes, const std::optional<at::Tenso
   A* v_chunk = out.v_chunk_ptr<A>();
   S* grad_v0_p = static_cast<S*>(out.grad_v0_ptr());
   bool known = true;
-  with_bool(lanewise, [&](auto lw) {
-    with_bool(a.decay_input, [&](auto di) {
-      with_bool(a.hard_reset, [&](auto hr) {
-        constexpr bool Lanewise = decltype(lw)::value;
-        constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
-        if constexpr (smooth_supported<S>()) {
-          if (a.smooth) {  // the surrogate's primitive fires inline: one driver per surrogate
-            bool built = true;
-            known = with_surrogate(a.surrogate, [&](auto sg) {
-              constexpr int SG = decltype(sg)::value;
-              if constexpr (smooth_built<Lanewise, SG>())
-                backward_cpu_typed<S, A, SG, DecayInput, HardReset, true, Lanewise>(
-                    grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial,
-                    v_chunk, p, a.surrogate, lanes);
-              else built = false;
-            });
-            TORCH_CHECK(built, kSmoothLanewiseError);
-            return;
-          }
-        }
-        // The default surrogate (SpikingJelly's too) keeps its math inline in the
-        // driver: through the row function its backward took 1.1-1.2x the time
-        // (benchmarks/ab_lif_backward.sh). The others share one driver.
-        if (a.surrogate == kSigmoid) {
-          known = backward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false, Lanewise>(
-              grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk,
-              p, a.surrogate, lanes);
-          return;
-        }
-        known = backward_cpu_typed<S, A, kSurrogateByRow, DecayInput, HardReset, false, Lanewise>(
-            grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,
-            a.surrogate, lanes);
-      });
-    });
+  with_driver_switches(lanewise, a.decay_input, a.hard_reset, [&](auto lw, auto di, auto hr) {
+    constexpr bool Lanewise = decltype(lw)::value;
+    constexpr bool DecayInput = decltype(di)::value, HardReset = decltype(hr)::value;
+    if constexpr (smooth_supported<S>()) {
+      if (a.smooth) {  // the surrogate's primitive fires inline: one driver per surrogate
+        bool built = true;
+        known = with_surrogate(a.surrogate, [&](auto sg) {
+          constexpr int SG = decltype(sg)::value;
+          if constexpr (smooth_built<Lanewise, SG>())
+            backward_cpu_typed<S, A, SG, DecayInput, HardReset, true, Lanewise>(
+                grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial,
+                v_chunk, p, a.surrogate, lanes);
+          else built = false;
+        });
+        TORCH_CHECK(built, kSmoothLanewiseError);
+        return;
+      }
+    }
+    // The default surrogate (SpikingJelly's too) keeps its math inline in the
+    // driver: through the row function its backward took 1.1-1.2x the time
+    // (benchmarks/ab_lif_backward.sh). The others share one driver.
+    if (a.surrogate == kSigmoid) {
+      known = backward_cpu_typed<S, A, kSigmoid, DecayInput, HardReset, false, Lanewise>(
+          grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk,
+          p, a.surrogate, lanes);
+      return;
+    }
+    known = backward_cpu_typed<S, A, kSurrogateByRow, DecayInput, HardReset, false, Lanewise>(
+        grad_spikes, grad_v_last, x, v0, out.grad_x, grad_v0_p, grad_decay_partial, v_chunk, p,
+        a.surrogate, lanes);
   });
   return known;
 }

@@ -18,6 +18,17 @@ inline void with_bool(bool flag, F&& f) {
   else f(std::false_type{});
 }
 
+// The drivers' runtime switches as std::bool_constant arguments of one
+// function, f(lanewise, decay_input, hard_reset), instead of three nested ones.
+template <typename F>
+inline void with_driver_switches(bool lanewise, bool decay_input, bool hard_reset, F&& f) {
+  with_bool(lanewise, [&](auto lw) {
+    with_bool(decay_input, [&](auto di) {
+      with_bool(hard_reset, [&](auto hr) { f(lw, di, hr); });
+    });
+  });
+}
+
 // Calls f with the surrogate id as a compile-time constant; returns false
 // (calling nothing) for an unknown id, so each caller reports it its own way.
 template <typename F>

@@ -28,8 +28,8 @@ class TrainConfig:
     Defaults are the digits/CPU recipe: 8 epochs of Adam (lr 5e-3, cosine) finish in
     well under a minute on 2 cores. lam/temperature/ce_mode/proj_dim are the best
     TCL setting of the measured sweep in results/sweep_digits.md (λ=0.1, τ=0.5,
-    per-step CE, 32-d projection); note proj 32 collapses at λ >= 0.5 with τ <= 0.1
-    there, so raise proj_dim to 128 when raising lam.
+    per-step CE, 128-d projection); a 32-d projection collapses at λ >= 0.5 with
+    τ <= 0.1 there.
     """
 
     dataset: str = "digits"
@@ -42,7 +42,7 @@ class TrainConfig:
     frames: int | None = None  # event datasets: frames per sample (default: T)
     lam: float = defaults.LAMBDA
     temperature: float = defaults.TEMPERATURE
-    proj_dim: int = 32
+    proj_dim: int = 128
     lambda_mse: float = 0.0
     phi: float = 1.0
     epochs: int = 8

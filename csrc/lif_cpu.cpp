@@ -35,41 +35,56 @@ std::string cpu_isa_name() {
 
 namespace {
 
+// The plain and the affine ops share these (OptionalAffine{} for the plain ones).
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& v0,
+                                               const at::Tensor& decay, const OptionalAffine& affine,
+                                               const OpScalars& a) {
+  TORCH_CHECK(!a.smooth || x.scalar_type() == at::kDouble,
+              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
+  auto spikes = at::empty_like(x);
+  auto v_last = at::empty(neuron_sizes(x), x.options());
+  if (x.numel() == 0) return {spikes, v_last};
+  with_kernel_storage<Float64::kSupported>(x, "lif_forward_cpu", [&](auto tag) {
+    forward_dtype<decltype(tag)>(x, v0, decay, affine, spikes, v_last, a);
+  });
+  return {spikes, v_last};
+}
+
+// Empty x (no neurons): the buffers' finish reduces nothing to zeros.
+BackwardBuffers backward_cpu(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+                             const at::Tensor& x, const std::optional<at::Tensor>& v0,
+                             const at::Tensor& decay, const OptionalAffine& affine, const OpScalars& a,
+                             bool need_decay_grad, bool need_affine_grad) {
+  TORCH_CHECK(!a.smooth || x.scalar_type() == at::kDouble,
+              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
+  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
+                      affine.addend.has_value());
+  if (x.numel() == 0) return out;
+  bool known = true;
+  with_kernel_storage<Float64::kSupported>(x, "lif_backward_cpu", [&](auto tag) {
+    known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, affine, out, a);
+  });
+  TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> lif_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay, double v_threshold,
     double v_reset, bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate,
     double alpha, double beta, bool smooth) {
   const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                                        detach_reset, surrogate, alpha, beta, smooth);
-  TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
-              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  auto spikes = at::empty_like(x);
-  auto v_last = at::empty(neuron_sizes(x), x.options());
-  if (x.numel() == 0) return {spikes, v_last};
-  with_kernel_storage<Float64::kSupported>(x, "lif_forward_cpu", [&](auto tag) {
-    forward_dtype<decltype(tag)>(x, v0, decay, OptionalAffine{}, spikes, v_last, a);
-  });
-  return {spikes, v_last};
+  return forward_cpu(x, v0, decay, OptionalAffine{}, a);
 }
 
 std::tuple<at::Tensor, at::Tensor> lif_affine_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& decay,
     const at::Tensor& scale, const at::Tensor& shift, const std::optional<at::Tensor>& addend,
-    double v_threshold, double v_reset,
-    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha,
-    double beta, bool smooth) {
+    double v_threshold, double v_reset, bool hard_reset, bool decay_input, bool detach_reset,
+    int64_t surrogate, double alpha, double beta, bool smooth) {
   const OpScalars a = forward_prologue(x, v0, decay, v_threshold, v_reset, hard_reset, decay_input,
                                        detach_reset, surrogate, alpha, beta, smooth);
-  const OptionalAffine affine = affine_of(x, decay, scale, shift, addend);
-  TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
-              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  auto spikes = at::empty_like(x);
-  auto v_last = at::empty(neuron_sizes(x), x.options());
-  if (x.numel() == 0) return {spikes, v_last};
-  with_kernel_storage<Float64::kSupported>(x, "lif_affine_forward_cpu", [&](auto tag) {
-    forward_dtype<decltype(tag)>(x, v0, decay, affine, spikes, v_last, a);
-  });
-  return {spikes, v_last};
+  return forward_cpu(x, v0, decay, affine_of(x, decay, scale, shift, addend), a);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
@@ -80,47 +95,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
-  TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
-              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad);
-  if (x.numel() == 0) return out.finish(decay);
-  bool known = true;
-  with_kernel_storage<Float64::kSupported>(x, "lif_backward_cpu", [&](auto tag) {
-    known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{},
-                                          out, a);
-  });
-  TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
-  return out.finish(decay);
+  return backward_cpu(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{}, a, need_decay_grad, false)
+      .finish(decay);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_affine_backward_cpu(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, const at::Tensor& scale,
     const at::Tensor& shift, const std::optional<at::Tensor>& addend, double v_threshold, double v_reset,
-    bool hard_reset, bool decay_input,
-    bool detach_reset, int64_t surrogate, double alpha, double beta, bool smooth,
-    bool need_decay_grad, bool need_affine_grad) {
+    bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha, double beta,
+    bool smooth, bool need_decay_grad, bool need_affine_grad) {
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
-  const OptionalAffine affine = affine_of(x, decay, scale, shift, addend);
-  TORCH_CHECK(!smooth || x.scalar_type() == at::kDouble,
-              "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
-  BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
-                      affine.addend.has_value());
-  if (x.numel() == 0) {
-    if (need_affine_grad) {
-      out.grad_scale.zero_();
-      out.grad_shift.zero_();
-    }
-    return out.finish_affine(decay, scale, shift);
-  }
-  bool known = true;
-  with_kernel_storage<Float64::kSupported>(x, "lif_affine_backward_cpu", [&](auto tag) {
-    known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, affine, out, a);
-  });
-  TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", surrogate);
-  return out.finish_affine(decay, scale, shift);
+  return backward_cpu(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift, addend), a,
+                      need_decay_grad, need_affine_grad)
+      .finish_affine(decay, scale, shift);
 }
 
 }  // namespace

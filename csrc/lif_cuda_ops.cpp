@@ -58,10 +58,6 @@ BackwardBuffers backward_cuda(const at::Tensor& grad_spikes,
   a.lanes.grad_scale = out.grad_scale_ptr<float>();
   a.lanes.grad_shift = out.grad_shift_ptr<float>();
   a.lanes.grad_addend = out.grad_addend_ptr();
-  if (a.N == 0 && need_affine_grad) {
-    out.grad_scale.zero_();
-    out.grad_shift.zero_();
-  }
   const char* err = cuda::backward(
       a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
       x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),

@@ -42,7 +42,8 @@ from torch import nn
 
 from tcl_fast.nn.lif import LIFMultiStep, learnt_decay
 from tcl_fast.nn.neurons import BaseNode, ParametricLIFNode
-from tcl_fast.ops.lif import _constant_decay, lif_affine_multistep, lif_multistep, resolve_backend
+from tcl_fast.ops.lif import (_constant_decay, accumulation_dtype, lif_affine_multistep, lif_multistep,
+                              resolve_backend)
 from tcl_fast.ops.pack import mark_spikes
 
 __all__ = ["BNLIF", "IMPLS", "bn_lif"]
@@ -311,10 +312,6 @@ def _kernel_backend(lif, y: torch.Tensor) -> bool:
         return False
 
 
-def _acc_dtype(y: torch.Tensor) -> torch.dtype:
-    return torch.float64 if y.dtype == torch.float64 else torch.float32
-
-
 def _scale_shift(weight, bias, mean, invstd):
     """BN as a per-channel affine: BN(y) = y * scale + shift."""
     scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
@@ -330,7 +327,7 @@ def _batch_stats(y: torch.Tensor):
     non-contiguous dims is slow."""
     C = y.shape[2]
     y3 = y.view(-1, C, y[0, 0, 0].numel())
-    mean = y3.mean((0, 2), dtype=_acc_dtype(y))
+    mean = y3.mean((0, 2), dtype=accumulation_dtype(y))
     var = (y3 - mean.view(1, C, 1)).square_().mean((0, 2))
     return mean, var
 
@@ -356,7 +353,7 @@ class _BNLIFKernel(torch.autograd.Function):
         lif, bn, training, factor, return_v, const_decay = cfg
         C = y.shape[2]
         shape = (C,) + (1,) * (y.dim() - 3)
-        acc = _acc_dtype(y)
+        acc = accumulation_dtype(y)
         y = y.contiguous()
         with torch.no_grad(), torch.autocast(y.device.type, enabled=False):
             if training:

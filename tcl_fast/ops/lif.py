@@ -472,11 +472,7 @@ def lif_multistep(
         )
         return _emit(spikes, v_last, return_v, _smooth)
 
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if isinstance(k, torch.Tensor):
-        k = lane_param(k.to(device=x.device, dtype=acc_dtype), neuron_shape)
-    else:
-        k = _constant_decay(float(k), x.device, acc_dtype)
+    k = _kernel_decay(k, x)
     params = (*spec.kernel_args, _smooth)
     # One copy at most (non-contiguous / channels_last); None: start at v_r.
     x_c = x.contiguous()
@@ -489,6 +485,19 @@ def lif_multistep(
     else:  # the C++/CUDA op takes [T, *neurons] as it is: no view nodes for autograd
         spikes, v_last = _lif_op(x_c, v0_c, k, *params)
     return _emit(spikes, v_last, return_v, _smooth)
+
+
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the C++/CUDA kernels compute in, and take decay/scale/shift in, for ``x``."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _kernel_decay(k, x: torch.Tensor) -> torch.Tensor:
+    """A validated decay (float or tensor) as the C++/CUDA/Triton ops take it: x's
+    accumulation dtype and device, one value or in a per-channel/neuron layout."""
+    if isinstance(k, torch.Tensor):
+        return lane_param(k.to(device=x.device, dtype=accumulation_dtype(x)), x.shape[1:])
+    return _constant_decay(float(k), x.device, accumulation_dtype(x))
 
 
 def lane_param(t: torch.Tensor, neuron_shape: torch.Size) -> torch.Tensor:
@@ -535,14 +544,12 @@ def lif_affine_multistep(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tens
     if x.dim() < 2 or x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"x must be a float tensor [T, *neurons], got {x.dtype} {tuple(x.shape)}")
     neuron_shape = x.shape[1:]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x)
     backend = resolve_backend("auto", x.device, x.dtype)
     if backend not in ("cpp", "cuda"):
         raise RuntimeError(f"lif_affine_multistep needs the C++/CUDA kernels for {x.dtype} {x.device.type} "
                            f"tensors (resolved backend: {backend})")
-    k = validate_decay(decay=decay, decay_input=spec.decay_input)
-    k = _constant_decay(float(k), x.device, acc) if not isinstance(k, torch.Tensor) else \
-        lane_param(k.to(device=x.device, dtype=acc), neuron_shape)
+    k = _kernel_decay(validate_decay(decay=decay, decay_input=spec.decay_input), x)
     args = (x.contiguous(), None if v0 is None else v0.contiguous(), k,
             lane_param(scale.to(acc), neuron_shape), lane_param(shift.to(acc), neuron_shape),
             None if addend is None else addend.to(x.dtype).contiguous(), *spec.kernel_args, False)

@@ -184,8 +184,10 @@ class _Exporter:
         shape = tuple(x.shape[1:])
         full = lambda v: np.full(shape, v, dtype=np.float64).astype(self.dtype)  # noqa: E731
         v_th, v_r = full(m.v_threshold), full(m.v_reset)
+        # The module's path in the model, so that counters (tcl_fast.inference_cost) find it.
+        meta = {"module": where}
         if isinstance(k, float) and k == 0.0:  # IF: no leak
-            node = nir.IF(r=full(1.0 / self.dt), v_threshold=v_th, v_reset=v_r)
+            node = nir.IF(r=full(1.0 / self.dt), v_threshold=v_th, v_reset=v_r, metadata=meta)
             return x_spikes(x), self.add(where, node, srcs)
         if isinstance(k, torch.Tensor):  # one decay per channel: dim 0 of the per-sample shape
             if len(shape) == 0 or shape[0] != k.numel():
@@ -197,7 +199,8 @@ class _Exporter:
             raise NIRExportError(f"{where}: decay 1/tau must lie in (0, 1], got {k_arr.min()}..{k_arr.max()}")
         tau = (self.dt / k_arr).astype(self.dtype)
         r = np.ones(shape) if m.decay_input else 1.0 / k_arr
-        node = nir.LIF(tau=tau, r=r.astype(self.dtype), v_leak=v_r.copy(), v_threshold=v_th, v_reset=v_r)
+        node = nir.LIF(tau=tau, r=r.astype(self.dtype), v_leak=v_r.copy(), v_threshold=v_th, v_reset=v_r,
+                       metadata=meta)
         return x_spikes(x), self.add(where, node, srcs)
 
     def pool(self, where: str, kernel, stride, padding, srcs: list[str]) -> list[str]:
@@ -519,7 +522,7 @@ def _uniform(arr, what: str, node: str) -> float:
 def _per_neuron(arr, node: str, what: str) -> float | torch.Tensor:
     a = np.asarray(arr, dtype=np.float64)
     flat = a.reshape(-1)
-    if flat.size and np.allclose(flat, flat[0], rtol=1e-9, atol=0):
+    if flat.size and np.all(flat == flat[0]):
         return float(flat[0])
     return torch.from_numpy(a.copy())
 
@@ -547,7 +550,7 @@ def _import_neuron(nir, name: str, node, dt: float, backend: str, surrogate: str
                                  "(the Euler step would overshoot); pass the graph's dt to from_nir")
         decay = k
         scale = k * r
-        decay_input = bool(np.allclose(r, 1.0, rtol=1e-9, atol=0))
+        decay_input = bool(np.allclose(r, 1.0, rtol=1e-6, atol=0))
         decay = _per_neuron(decay, name, "dt/tau")
     if isinstance(decay, torch.Tensor) or decay > 0:
         pass
@@ -555,7 +558,8 @@ def _import_neuron(nir, name: str, node, dt: float, backend: str, surrogate: str
         input_scale = None
     else:
         s = _per_neuron(scale, name, "input scale")
-        input_scale = None if (not isinstance(s, torch.Tensor) and abs(s - 1.0) < 1e-12) else s
+        # 1 up to the rounding of float32 arrays (dt/tau times tau/dt): no scale at all
+        input_scale = None if (not isinstance(s, torch.Tensor) and abs(s - 1.0) < 1e-6) else s
     spec = NeuronSpec(v_th, v_r, decay_input, False, surrogate, alpha)
     return NIRNeuron(decay, input_scale, spec, backend)
 

@@ -56,7 +56,7 @@ def _ones_layer(nir, node) -> nn.Module:
         return nn.Identity()
     layer = _import_layer(nir, "", node)
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
-        layer.weight.data.copy_((torch.from_numpy(np.asarray(node.weight)) != 0).float())  # a zero weight: no synapse
+        nn.init.ones_(layer.weight)  # every synapse counts, zero-valued or not (as SpikingJelly's counters)
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
     elif isinstance(layer, nn.AvgPool2d):

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -725,9 +726,43 @@ def compare_runs(run_dirs: list[str], *, out: str | None = None, json_out: str |
     chances = [r["chance_accuracy"] for _, _, r in loaded if "chance_accuracy" in r]
     plot_latency(rows, out, chance=min(chances) if len(chances) == len(loaded) else None)
     written = [out]
+    costed = [(label, rows_, cost) for (label, rows_), (d, _, result) in zip(rows, loaded)
+              if (cost := _inference_cost_of(d, result)) is not None]
+    if costed:  # accuracy vs energy, one point per T', for the runs evaluated with their cost
+        from tcl_fast.inference_cost import plot_accuracy_vs_energy
+
+        energy_png = os.path.splitext(out)[0] + "_energy.png"
+        plot_accuracy_vs_energy(costed, energy_png)
+        written.append(energy_png)
+        missing = [label for label, _ in rows if label not in {c[0] for c in costed}]
+        if missing:
+            print(f"note: no inference cost for {', '.join(missing)} (run tcl-fast eval on them first)")
     if json_out:
         write_json({label: {str(t): a for t, a in r.items()} for label, r in rows}, json_out)
         written.append(json_out)
     print(f"wrote {', '.join(written)}")
     return table
+
+
+def _inference_cost_of(run: str, result: dict) -> dict | None:
+    """The inference cost of a compared run: in its JSON, or else in the run folder's
+    eval_T<T>.json with the most steps that has one (written by tcl-fast eval)."""
+    if isinstance(result.get("cost"), dict):
+        return result["cost"]
+    if not os.path.isdir(run):
+        return None
+    found = []
+    for name in os.listdir(run):
+        m = re.fullmatch(r"eval_T(\d+)\.json", name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(run, name)))
+    for _, path in sorted(found, reverse=True):
+        try:
+            with open(path) as f:
+                cost = json.load(f).get("cost")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        if isinstance(cost, dict):
+            return cost
+    return None
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from tcl_fast.defaults import E_AC_PJ, E_MAC_PJ
 from tcl_fast.models.layers import set_bn_fusion
-from tcl_fast.nir_exchange import _import_layer, _nir, to_nir
+from tcl_fast.nir_exchange import _nir, import_layer, to_nir
 
 E_AC, E_MAC = E_AC_PJ * 1e-12, E_MAC_PJ * 1e-12  # joules (tcl_fast/defaults.py)
 
@@ -54,7 +54,7 @@ def _ones_layer(nir, node) -> nn.Module:
     """``node``'s layer with unit weights and no bias: it counts paths instead of computing."""
     if isinstance(node, nir.Scale):
         return nn.Identity()
-    layer = _import_layer(nir, "", node)
+    layer = import_layer(nir, "", node)
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
         nn.init.ones_(layer.weight)  # every synapse counts, zero-valued or not (as SpikingJelly's counters)
         if layer.bias is not None:

@@ -40,7 +40,8 @@ from tcl_fast.nn import BNLIF, IFNode, LIFMultiStep, LIFNode, ParametricLIFNode
 from tcl_fast.nn.neurons import BaseNode
 from tcl_fast.ops.lif import BACKENDS, NeuronSpec, lif_multistep
 
-__all__ = ["DEFAULT_DT", "NIRExportError", "NIRImportError", "to_nir", "from_nir", "NIRNetwork", "NIRNeuron"]
+__all__ = ["DEFAULT_DT", "POOLINGS", "NIRExportError", "NIRImportError", "to_nir", "from_nir", "NIRNetwork",
+           "NIRNeuron", "import_layer"]
 
 DEFAULT_DT = 1e-4  # seconds per time step; snnTorch's reader assumes this value
 
@@ -188,7 +189,7 @@ class _Exporter:
         meta = {"module": where}
         if isinstance(k, float) and k == 0.0:  # IF: no leak
             node = nir.IF(r=full(1.0 / self.dt), v_threshold=v_th, v_reset=v_r, metadata=meta)
-            return x_spikes(x), self.add(where, node, srcs)
+            return _spike_stand_in(x), self.add(where, node, srcs)
         if isinstance(k, torch.Tensor):  # one decay per channel: dim 0 of the per-sample shape
             if len(shape) == 0 or shape[0] != k.numel():
                 raise NIRExportError(f"{where}: {k.numel()} per-channel time constants but the input is {shape}")
@@ -201,7 +202,7 @@ class _Exporter:
         r = np.ones(shape) if m.decay_input else 1.0 / k_arr
         node = nir.LIF(tau=tau, r=r.astype(self.dtype), v_leak=v_r.copy(), v_threshold=v_th, v_reset=v_r,
                        metadata=meta)
-        return x_spikes(x), self.add(where, node, srcs)
+        return _spike_stand_in(x), self.add(where, node, srcs)
 
     def pool(self, where: str, kernel, stride, padding, srcs: list[str]) -> list[str]:
         nir = self.nir
@@ -252,9 +253,8 @@ class _Exporter:
 
     def leaf(self, m: nn.Module, where: str, x: torch.Tensor, srcs: list[str]):
         nir = self.nir
-        y = m(x) if not isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)) else x
-        if isinstance(m, (nn.Identity, nn.Dropout)):
-            return y, srcs
+        if isinstance(m, (nn.Identity, nn.Dropout)):  # Dropout is the identity in eval mode
+            return x, srcs
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if m.training:
                 raise NIRExportError(f"{where}: BatchNorm in training mode; call model.eval() before exporting")
@@ -271,6 +271,11 @@ class _Exporter:
             else:
                 raise NIRExportError(f"{where}: BatchNorm on a {x.dim() - 1}-dim sample has no NIR mapping")
             return y, self.add(where, node, srcs)
+        if not isinstance(m, (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
+            if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+                raise NIRExportError(f"{where} ({type(m).__name__}): NIR has no max pooling; use average pooling")
+            return None
+        y = m(x)
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros":
                 raise NIRExportError(f"{where}: Conv2d with padding_mode={m.padding_mode!r}; NIR pads with zeros")
@@ -307,12 +312,10 @@ class _Exporter:
                 raise NIRExportError(f"{where}: Flatten(start_dim=0) would merge the batch dimension")
             node = nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=start, end_dim=end)
             return y, self.add(where, node, srcs)
-        if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-            raise NIRExportError(f"{where} ({type(m).__name__}): NIR has no max pooling; use average pooling")
         return None
 
 
-def x_spikes(x: torch.Tensor) -> torch.Tensor:
+def _spike_stand_in(x: torch.Tensor) -> torch.Tensor:
     """A stand-in for a neuron's output, for the shapes only (the walk runs no neuron)."""
     return torch.zeros_like(x)
 
@@ -500,12 +503,10 @@ class NIRNetwork(nn.Module):
             values[name] = self.layers[name](h)
             if record and isinstance(self.layers[name], NIRNeuron):
                 spikes[name] = values[name]
-        out = values[self.output_name] if self.output_name in values else None
-        if out is None:
-            srcs = self.inputs[self.output_name]
-            out = values[srcs[0]]
-            for s in srcs[1:]:
-                out = out + values[s]
+        srcs = self.inputs[self.output_name]  # the Output node sums its inputs, like any node
+        out = values[srcs[0]]
+        for s in srcs[1:]:
+            out = out + values[s]
         return (out, spikes) if record else out
 
 
@@ -519,7 +520,8 @@ def _uniform(arr, what: str, node: str) -> float:
     return float(a[0])
 
 
-def _per_neuron(arr, node: str, what: str) -> float | torch.Tensor:
+def _per_neuron(arr) -> float | torch.Tensor:
+    """One float where all neurons share the value, else a float64 tensor of the node's shape."""
     a = np.asarray(arr, dtype=np.float64)
     flat = a.reshape(-1)
     if flat.size and np.all(flat == flat[0]):
@@ -551,20 +553,20 @@ def _import_neuron(nir, name: str, node, dt: float, backend: str, surrogate: str
         decay = k
         scale = k * r
         decay_input = bool(np.allclose(r, 1.0, rtol=1e-6, atol=0))
-        decay = _per_neuron(decay, name, "dt/tau")
-    if isinstance(decay, torch.Tensor) or decay > 0:
-        pass
+        decay = _per_neuron(decay)
     if decay_input:
         input_scale = None
     else:
-        s = _per_neuron(scale, name, "input scale")
+        s = _per_neuron(scale)
         # 1 up to the rounding of float32 arrays (dt/tau times tau/dt): no scale at all
         input_scale = None if (not isinstance(s, torch.Tensor) and abs(s - 1.0) < 1e-6) else s
     spec = NeuronSpec(v_th, v_r, decay_input, False, surrogate, alpha)
     return NIRNeuron(decay, input_scale, spec, backend)
 
 
-def _import_layer(nir, name: str, node) -> nn.Module:
+def import_layer(nir, name: str, node) -> nn.Module:
+    """The per-sample torch layer of a NIR node that is not a neuron (float32 weights)."""
+
     def t(a):
         return torch.from_numpy(np.asarray(a, dtype=np.float32).copy())
 
@@ -705,7 +707,7 @@ def from_nir(graph, *, dt: float | None = None, backend: str = "auto", surrogate
         if isinstance(node, (nir.LIF, nir.IF)):
             layers[names[n]] = _import_neuron(nir, n, node, dt, backend, surrogate, alpha)
         else:
-            layers[names[n]] = _PerStep(_import_layer(nir, n, node))
+            layers[names[n]] = _PerStep(import_layer(nir, n, node))
         inputs[names[n]] = [names[s] for s in inputs_of[n]]
     inputs[names[outs[0]]] = [names[s] for s in inputs_of[outs[0]]]
     if not inputs[names[outs[0]]]:

@@ -258,7 +258,7 @@ class _Exporter:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if m.training:
                 raise NIRExportError(f"{where}: BatchNorm in training mode; call model.eval() before exporting")
-            y = m(x)
+            y = _torch_forward(m, x)
             if self.fold_bn(m, srcs):
                 return y, srcs
             self.settle(where)
@@ -275,7 +275,7 @@ class _Exporter:
             if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
                 raise NIRExportError(f"{where} ({type(m).__name__}): NIR has no max pooling; use average pooling")
             return None
-        y = m(x)
+        y = _torch_forward(m, x)
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros":
                 raise NIRExportError(f"{where}: Conv2d with padding_mode={m.padding_mode!r}; NIR pads with zeros")
@@ -313,6 +313,15 @@ class _Exporter:
             node = nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=start, end_dim=end)
             return y, self.add(where, node, srcs)
         return None
+
+
+def _torch_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m`` on one per-sample step ``x`` through its torch.nn class's forward: SpikingJelly's
+    layers (subclasses of those) in multi-step mode would expect ``[T, B, ...]`` instead."""
+    for cls in type(m).__mro__:
+        if cls.__module__.startswith("torch.nn") and "forward" in vars(cls):
+            return cls.forward(m, x)
+    return m(x)
 
 
 def _spike_stand_in(x: torch.Tensor) -> torch.Tensor:

@@ -409,3 +409,32 @@ def test_import_of_an_if_node_and_a_general_r():
 def test_cli_export_errors_exit_2(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "m.nir")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_converted_spikingjelly_sequential_exports_and_matches_spikingjelly():
+    require("spikingjelly.activation_based")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    from tcl_fast import convert_spikingjelly
+
+    torch.manual_seed(0)
+    sj_net = nn.Sequential(
+        layer.Conv2d(1, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8), neuron.LIFNode(tau=2.0),
+        layer.AvgPool2d(2), layer.Flatten(), layer.Linear(8 * 4 * 4, 16), neuron.IFNode(), layer.Linear(16, 5))
+    functional.set_step_mode(sj_net, "m")
+    with torch.no_grad():
+        sj_net[1].running_mean.uniform_(-0.3, 0.3)
+        sj_net[1].running_var.uniform_(0.5, 2.0)
+        sj_net[0].weight.mul_(4)
+        sj_net[5].weight.mul_(4)
+    sj_net = sj_net.double().eval()
+    x = torch.rand(T, 2, 1, 8, 8, dtype=torch.float64) * 2
+    with torch.no_grad():
+        want = sj_net(x)
+    functional.reset_net(sj_net)
+    converted = convert_spikingjelly(sj_net).eval()
+    graph = to_nir(converted, (1, 8, 8), dtype=np.float64)
+    assert [type(n).__name__ for n in graph.nodes.values()].count("IF") == 1
+    with torch.no_grad():
+        got = from_nir(graph).double()(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)

@@ -139,3 +139,9 @@ def test_eval_reports_cost_per_T_and_compare_plots_energy(tmp_path, capsys):
     assert os.path.getsize(str(tmp_path / "cmp_energy.png")) > 0
     assert main(["eval", "--checkpoint", run, "--e-ac", "-1"]) == 2
     assert "--e-ac must be" in capsys.readouterr().err
+    bare = str(tmp_path / "bare")
+    assert main(["eval", "--checkpoint", run, "--no-cost", "--out", bare]) == 0
+    assert "inference cost" not in capsys.readouterr().out
+    with open(os.path.join(bare, "eval_T3.json")) as f:
+        assert "cost" not in json.load(f)
+    assert not os.path.exists(os.path.join(bare, "eval_T3_energy.png"))

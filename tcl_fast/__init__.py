@@ -35,6 +35,10 @@ _LAZY = {
     "SupConLoss": "tcl_fast.losses",
     "TCLLoss": "tcl_fast.losses",
     "STCLLoss": "tcl_fast.losses",
+    "to_nir": "tcl_fast.nir_exchange",
+    "from_nir": "tcl_fast.nir_exchange",
+    "NIRExportError": "tcl_fast.nir_exchange",
+    "NIRImportError": "tcl_fast.nir_exchange",
 }
 __all__ = list(_LAZY)
 

@@ -1,4 +1,4 @@
-"""The ``tcl-fast`` command: ``train``, ``eval`` and ``compare`` subcommands.
+"""The ``tcl-fast`` command: ``train``, ``eval``, ``compare`` and ``export`` subcommands.
 
 User mistakes print one ``error: ...`` line and return exit code 2 (no traceback);
 Ctrl-C during training keeps the last completed epoch's checkpoint and returns 130.
@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import fields
 
+from tcl_fast.defaults import E_AC_PJ, E_MAC_PJ
 from tcl_fast.training.config import TrainConfig, UserError
 
 # Options that may differ from the checkpoint when resuming (they don't change the run's maths).
@@ -77,7 +78,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tcl-fast", description="Train and evaluate SNNs with temporal contrastive learning.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,compare}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,compare,export}", parser_class=_Parser)
     _train_parser(sub)
     e = sub.add_parser("eval", help="test accuracy at T' = 1..T of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
@@ -87,11 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", dest="data_root", default=None, help="override the run's data root")
     e.add_argument("--backend", default=None, help="override the LIF backend")
     e.add_argument("--out", default=None, help="folder for eval_T<T>.json/.png (default: next to the checkpoint)")
+    e.add_argument("--e-ac", dest="e_ac", type=float, default=None,
+                   help=f"pJ per synaptic accumulate for the energy estimate (default {E_AC_PJ}, 45 nm)")
+    e.add_argument("--e-mac", dest="e_mac", type=float, default=None,
+                   help=f"pJ per multiply-accumulate of the first layer (default {E_MAC_PJ}, 45 nm)")
+    e.add_argument("--no-cost", dest="cost", action="store_false",
+                   help="skip firing rates / SOPs / energy (accuracy only)")
     c = sub.add_parser("compare", help="one table and plot of accuracy vs T' across runs")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", default=None,
                    help="plot path (default comparison.png beside the first run folder)")
     c.add_argument("--json", dest="json_out", default=None, help="also write the table as JSON here")
+    x = sub.add_parser("export", help="write a run's network as a NIR graph (.nir) for other frameworks/hardware",
+                       description="Export the inference network (no projection head) to NIR; docs/deploy.md.")
+    x.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    x.add_argument("--out", required=True, help="the .nir file to write")
+    x.add_argument("--dt", type=float, default=None, help="seconds per time step (default 1e-4, snnTorch's)")
+    x.add_argument("--pooling", default="avg", choices=("avg", "sum"),
+                   help="average pools as NIR AvgPool2d, or SumPool2d with 1/area in the next weights (Norse reads this)")
+    x.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     return parser
 
 
@@ -136,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             from tcl_fast.training.trainer import evaluate_checkpoint
 
             evaluate_checkpoint(ns.checkpoint, T=ns.T, device=ns.device, out=ns.out,
-                                batch_size=ns.batch_size, data_root=ns.data_root, backend=ns.backend)
+                                batch_size=ns.batch_size, data_root=ns.data_root, backend=ns.backend,
+                                e_ac_pj=ns.e_ac, e_mac_pj=ns.e_mac, cost=ns.cost)
+            return 0
+        if ns.command == "export":
+            from tcl_fast.training.export import export_checkpoint
+
+            export_checkpoint(ns.checkpoint, ns.out, dt=ns.dt, pooling=ns.pooling, dtype=ns.dtype)
             return 0
         from tcl_fast.training.trainer import compare_runs
 

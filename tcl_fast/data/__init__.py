@@ -5,6 +5,6 @@ This subpackage only feeds training; it deliberately imports nothing from
 """
 from __future__ import annotations
 
-from .registry import DATASETS, DatasetBundle, build_datasets
+from .registry import DATASETS, DatasetBundle, build_datasets, dataset_shape
 
-__all__ = ["DATASETS", "DatasetBundle", "build_datasets"]
+__all__ = ["DATASETS", "DatasetBundle", "build_datasets", "dataset_shape"]

@@ -26,6 +26,22 @@ class DatasetBundle:
     time_steps: int | None
 
 
+def dataset_shape(name: str) -> tuple[int, int, int]:
+    """``(num_classes, in_channels, image_size)`` of ``name``, without reading its files
+    (what a model needs to be rebuilt from a checkpoint, e.g. for export)."""
+    if name == "digits":
+        from .digits import IMAGE_SIZE, NUM_CLASSES
+
+        return NUM_CLASSES, 1, IMAGE_SIZE
+    if name in ("cifar10", "cifar100"):
+        return (10 if name == "cifar10" else 100), 3, 32
+    if name == "dvs-cifar10":
+        from .dvs_cifar10 import IMAGE_SIZE, NUM_CLASSES
+
+        return NUM_CLASSES, 2, IMAGE_SIZE
+    raise ValueError(f"unknown dataset name {name!r}; expected one of {', '.join(DATASETS)}")
+
+
 def build_datasets(
     name: str,
     data_root: str | os.PathLike | None = None,
@@ -60,7 +76,8 @@ def build_datasets(
         train, test, num_classes = build_cifar(
             name, data_root, two_views=two_views, download=download, augment=augment
         )
-        return DatasetBundle(train, test, num_classes, 3, 32, None)
+        _, channels, size = dataset_shape(name)
+        return DatasetBundle(train, test, num_classes, channels, size, None)
 
     # dvs-cifar10
     from .dvs_cifar10 import IMAGE_SIZE as DVS_SIZE, NUM_CLASSES as DVS_CLASSES, build_dvs_cifar10

@@ -17,7 +17,7 @@ def to_time_first(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_latency(model: torch.nn.Module, loader: DataLoader, T: int, device: torch.device,
                      amp_dtype: torch.dtype | None = None, limit_batches: int | None = None,
-                     ctx=None) -> dict:
+                     ctx=None, counter=None) -> dict:
     """Accuracy of the running mean of logits after t = 1..T steps.
 
     One forward with T steps suffices: every layer is causal in time (LIF) or
@@ -25,7 +25,17 @@ def evaluate_latency(model: torch.nn.Module, loader: DataLoader, T: int, device:
     exactly those of a T' = t run. ``tests/training`` checks this equivalence.
     With a distributed ``ctx`` each rank evaluates its shard of ``loader`` and the
     counts are summed over ranks, so every rank returns the global result.
+    A ``counter`` (tcl_fast.inference_cost.CostCounter) also counts spikes and
+    synaptic operations at every step; the result then has ``"cost"`` per T'.
     """
+    if counter is not None:
+        if ctx is not None and ctx.distributed:
+            raise ValueError("inference cost counting runs in one process (tcl-fast eval), not under torchrun")
+        counter.reset()
+        with counter.attached(model):
+            result = evaluate_latency(model, loader, T, device, amp_dtype, limit_batches)
+        result["cost"] = counter.summary()
+        return result
     model.eval()
     correct = torch.zeros(T, dtype=torch.long)
     loss_sum, total = 0.0, 0

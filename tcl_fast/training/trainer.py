@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -577,8 +578,15 @@ def _train(cfg: TrainConfig, ctx, state: dict | None, out: str, ckpt_path: str, 
 
 def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = "auto",
                         out: str | None = None, batch_size: int | None = None,
-                        data_root: str | None = None, backend: str | None = None) -> dict:
-    """Test accuracy at T' = 1..T of a saved run; writes eval_T{T}.json/.png next to it (or in ``out``)."""
+                        data_root: str | None = None, backend: str | None = None,
+                        e_ac_pj: float | None = None, e_mac_pj: float | None = None,
+                        cost: bool = True) -> dict:
+    """Test accuracy at T' = 1..T of a saved run; writes eval_T{T}.json/.png next to it (or in ``out``).
+
+    With ``cost`` (default) also the inference cost per T' (tcl_fast.inference_cost: firing rate
+    per neuron layer, SOPs, first-layer MACs, energy with ``e_ac_pj``/``e_mac_pj`` picojoules per
+    operation), in the JSON, a printed table and eval_T{T}_energy.png (accuracy vs energy).
+    """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise UserError(f"batch-size must be an integer >= 1, got {batch_size!r}")
@@ -623,7 +631,10 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
         raise UserError(f"--checkpoint {path!r} holds NaN/inf values in {bad}; its accuracy would mean nothing")
     model.load_state_dict(state["model"])
     loader = DataLoader(bundle.test, batch_size=batch_size or max(cfg.batch_size, 256), shuffle=False)
-    result = evaluate_latency(model, loader, T, dev, _amp_dtype(cfg.amp))
+    counter = None
+    if cost:
+        counter = _cost_counter(model, (bundle.in_channels, bundle.image_size, bundle.image_size), e_ac_pj, e_mac_pj)
+    result = evaluate_latency(model, loader, T, dev, _amp_dtype(cfg.amp), counter=counter)
     label = TrainConfig.from_dict(state["config"]).label()
     result.update({"label": label, "checkpoint": path, "epoch": int(state["epoch"]),
                    "config": state["config"], "chance_accuracy": 100.0 / bundle.num_classes})
@@ -633,8 +644,36 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
     write_json(result, json_path)
     plot_latency([(label, latency_rows(result))], png_path, chance=result["chance_accuracy"])
     print(format_table([(label, latency_rows(result))], T))
-    print(f"wrote {json_path}, {png_path}")
+    written = [json_path, png_path]
+    if "cost" in result:
+        from tcl_fast.inference_cost import format_cost_table, plot_accuracy_vs_energy
+
+        energy_png = os.path.join(out, f"eval_T{T}_energy.png")
+        plot_accuracy_vs_energy([(label, latency_rows(result), result["cost"])], energy_png)
+        print()
+        print(format_cost_table(latency_rows(result), result["cost"]))
+        written.append(energy_png)
+    print(f"wrote {', '.join(written)}")
     return result
+
+
+def _cost_counter(model, input_shape, e_ac_pj, e_mac_pj):
+    """The CostCounter for ``tcl-fast eval``, or None (with a note) where the model has no NIR graph."""
+    from tcl_fast.defaults import E_AC_PJ, E_MAC_PJ
+    from tcl_fast.inference_cost import CostCounter, EnergyModel
+    from tcl_fast.nir_exchange import NIRExportError
+
+    try:
+        energy = EnergyModel(e_ac=(E_AC_PJ if e_ac_pj is None else e_ac_pj) * 1e-12,
+                             e_mac=(E_MAC_PJ if e_mac_pj is None else e_mac_pj) * 1e-12)
+    except ValueError as exc:
+        raise UserError(str(exc).replace("e_ac", "--e-ac").replace("e_mac", "--e-mac")
+                        .replace("joules", "picojoules")) from None
+    try:
+        return CostCounter(model, input_shape, energy)
+    except NIRExportError as exc:
+        _say(f"note: no inference cost for this model ({exc})")
+        return None
 
 
 def load_run(run_dir: str) -> tuple[str, dict]:
@@ -687,9 +726,43 @@ def compare_runs(run_dirs: list[str], *, out: str | None = None, json_out: str |
     chances = [r["chance_accuracy"] for _, _, r in loaded if "chance_accuracy" in r]
     plot_latency(rows, out, chance=min(chances) if len(chances) == len(loaded) else None)
     written = [out]
+    costed = [(label, rows_, cost) for (label, rows_), (d, _, result) in zip(rows, loaded)
+              if (cost := _inference_cost_of(d, result)) is not None]
+    if costed:  # accuracy vs energy, one point per T', for the runs evaluated with their cost
+        from tcl_fast.inference_cost import plot_accuracy_vs_energy
+
+        energy_png = os.path.splitext(out)[0] + "_energy.png"
+        plot_accuracy_vs_energy(costed, energy_png)
+        written.append(energy_png)
+        missing = [label for label, _ in rows if label not in {c[0] for c in costed}]
+        if missing:
+            print(f"note: no inference cost for {', '.join(missing)} (run tcl-fast eval on them first)")
     if json_out:
         write_json({label: {str(t): a for t, a in r.items()} for label, r in rows}, json_out)
         written.append(json_out)
     print(f"wrote {', '.join(written)}")
     return table
+
+
+def _inference_cost_of(run: str, result: dict) -> dict | None:
+    """The inference cost of a compared run: in its JSON, or else in the run folder's
+    eval_T<T>.json with the most steps that has one (written by tcl-fast eval)."""
+    if isinstance(result.get("cost"), dict):
+        return result["cost"]
+    if not os.path.isdir(run):
+        return None
+    found = []
+    for name in os.listdir(run):
+        m = re.fullmatch(r"eval_T(\d+)\.json", name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(run, name)))
+    for _, path in sorted(found, reverse=True):
+        try:
+            with open(path) as f:
+                cost = json.load(f).get("cost")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        if isinstance(cost, dict):
+            return cost
+    return None
 

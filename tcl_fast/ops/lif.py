@@ -496,23 +496,28 @@ def _kernel_decay(k, x: torch.Tensor) -> torch.Tensor:
     """A validated decay (float or tensor) as the C++/CUDA/Triton ops take it: x's
     accumulation dtype and device, one value or in a per-channel/neuron layout."""
     if isinstance(k, torch.Tensor):
-        return lane_param(k.to(device=x.device, dtype=accumulation_dtype(x)), x.shape[1:])
+        return lane_param(k.to(device=x.device, dtype=accumulation_dtype(x)), x.shape[1:], "tau/decay")
     return _constant_decay(float(k), x.device, accumulation_dtype(x))
 
 
-def lane_param(t: torch.Tensor, neuron_shape: torch.Size) -> torch.Tensor:
+def lane_param(t: torch.Tensor, neuron_shape: torch.Size, name: str) -> torch.Tensor:
     """A per-channel / per-neuron kernel parameter (a decay, a BN scale or shift) in
     the layout the C++/CUDA kernels index (csrc/lif_common.h lane_layout): 0-dim
     for one value; kept as it is (contiguous, leading 1s dropped) when all its
     dims but one are 1, so a ``[C, 1, 1]`` per-channel value is never expanded
     or saved at the neurons' size; else expanded to ``neuron_shape``. Autograd
-    sums the gradient back to ``t``'s shape."""
+    sums the gradient back to ``t``'s shape. A ``t`` that does not broadcast to
+    ``neuron_shape`` raises ``ValueError`` naming ``name``, the caller's argument."""
     if t.dim() == 0:
         return t
     if t.numel() == 1:
         return t.reshape(())
-    while t.dim() > len(neuron_shape):
-        t = t.squeeze(0)
+    given, extra = tuple(t.shape), t.dim() - len(neuron_shape)
+    if extra > 0 and all(size == 1 for size in t.shape[:extra]):  # leading 1s: dropped
+        t = t.reshape(t.shape[extra:])
+    if _broadcast_shape(t.shape, neuron_shape) != neuron_shape:
+        raise ValueError(f"{name} must broadcast to the neuron dims x.shape[1:] = {tuple(neuron_shape)} "
+                         f"(one value, one per channel or one per neuron), got shape {given}")
     if sum(size != 1 for size in t.shape) == 1:
         return t.contiguous()
     return t.expand(neuron_shape).contiguous()
@@ -551,7 +556,7 @@ def lif_affine_multistep(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tens
                            f"tensors (resolved backend: {backend})")
     k = _kernel_decay(validate_decay(decay=decay, decay_input=spec.decay_input), x)
     args = (x.contiguous(), None if v0 is None else v0.contiguous(), k,
-            lane_param(scale.to(acc), neuron_shape), lane_param(shift.to(acc), neuron_shape),
+            lane_param(scale.to(acc), neuron_shape, "scale"), lane_param(shift.to(acc), neuron_shape, "shift"),
             None if addend is None else addend.to(x.dtype).contiguous(), *spec.kernel_args, False)
     if torch.compiler.is_compiling() or torch.is_grad_enabled():
         spikes, v_last = torch.ops.tcl_fast.lif_affine_forward(*args)

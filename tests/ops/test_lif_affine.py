@@ -5,6 +5,8 @@ gradients (float64 gradcheck in smooth mode), opcheck, and the GPU threads'
 code run on the CPU."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -121,6 +123,42 @@ def test_refuses_bad_affine_inputs():
     with pytest.raises(RuntimeError, match="needs the C\\+\\+/CUDA kernels|resolved backend"):
         lif_affine_multistep(torch.ones(2, 3, dtype=torch.int32).float().to("meta"), scale, shift, decay=0.5,
                              spec=NeuronSpec())
+
+
+def _raises_within(seconds, fn):
+    """The exception fn raises, run in a thread: a hang fails the test in `seconds`
+    instead of stalling the run (the thread is a daemon, left behind)."""
+    caught = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            caught.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s (a hang)"
+    assert caught, "no exception raised"
+    return caught[0]
+
+
+@pytest.mark.parametrize("bad", ["scale", "shift"])
+def test_parameter_with_a_leading_dim_not_1_is_refused_not_a_hang(bad):
+    # x [T, B, C, H]; a [2, B, C, 1] parameter has more dims than the neurons and
+    # a leading dim of 2: it used to loop on squeeze(0) for ever.
+    x, scale, shift, _ = _case((6, 3, 5, 4), addend=False)  # scale, shift: [C, 1]
+    params = {"scale": scale, "shift": shift}
+    params[bad] = params[bad].expand(2, 3, 5, 1).contiguous()
+    err = _raises_within(10, lambda: lif_affine_multistep(x, params["scale"], params["shift"], decay=0.5,
+                                                          spec=NeuronSpec()))
+    assert isinstance(err, ValueError), repr(err)
+    assert str(err).startswith(f"{bad} must broadcast to the neuron dims x.shape[1:] = (3, 5, 4)")
+    # leading 1s beyond the neuron dims are fine: [1, 1, C, 1] is one per channel
+    want = lif_affine_multistep(x, scale, shift, decay=0.5, spec=NeuronSpec())
+    got = lif_affine_multistep(x, scale[None, None, None], shift[None, None, None], decay=0.5, spec=NeuronSpec())
+    assert torch.equal(got, want)
 
 
 needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()),

@@ -457,9 +457,8 @@ def lif_multistep(
             raise ValueError(f"v0 is on {v0.device} but x is on {x.device}")
         if v0.dtype != x.dtype:
             raise TypeError(f"v0 must have x's dtype {x.dtype}, got {v0.dtype}")
+    k = _decay_on_device(k, x.device)
     if isinstance(k, torch.Tensor):
-        if k.device != x.device and k.device.type != "cpu":
-            raise ValueError(f"tau/decay tensor is on {k.device} but x is on {x.device}")
         if k.dim() > 0 and _broadcast_shape(k.shape, neuron_shape) != neuron_shape:
             raise ValueError(f"a per-neuron tau/decay must broadcast to the neuron dims x.shape[1:] = "
                              f"{tuple(neuron_shape)}, got shape {tuple(k.shape)}")
@@ -485,6 +484,23 @@ def lif_multistep(
     else:  # the C++/CUDA op takes [T, *neurons] as it is: no view nodes for autograd
         spikes, v_last = _lif_op(x_c, v0_c, k, *params)
     return _emit(spikes, v_last, return_v, _smooth)
+
+
+def _decay_on_device(k, device: torch.device):
+    """A validated decay (``validate_decay``) for x on ``device``: a tensor there,
+    or a float. A one-value CPU tensor that needs no gradient becomes its value,
+    which ``_constant_decay`` moves to the GPU once per value (``float()`` of a
+    CPU tensor waits for no device). Any other tensor on another device is
+    refused: copied at every call, through pageable memory, it would block the
+    host each time, and its gradient would need a copy back."""
+    if not isinstance(k, torch.Tensor) or k.device == device or torch.compiler.is_compiling():
+        return k  # compiled: the copy is a node of the graph (_kernel_decay), not a host wait
+    if k.device.type == "cpu" and k.numel() == 1 and not k.requires_grad:
+        return float(k)
+    raise ValueError(
+        f"the tau/decay tensor is on {k.device} but x is on {device}: move it to x's device once "
+        "(a module's parameter or buffer moves with .to(device)); a copy at every call would block "
+        + ("the host" if k.device.type == "cpu" else "both devices"))
 
 
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -554,7 +570,7 @@ def lif_affine_multistep(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tens
     if backend not in ("cpp", "cuda"):
         raise RuntimeError(f"lif_affine_multistep needs the C++/CUDA kernels for {x.dtype} {x.device.type} "
                            f"tensors (resolved backend: {backend})")
-    k = _kernel_decay(validate_decay(decay=decay, decay_input=spec.decay_input), x)
+    k = _kernel_decay(_decay_on_device(validate_decay(decay=decay, decay_input=spec.decay_input), x.device), x)
     args = (x.contiguous(), None if v0 is None else v0.contiguous(), k,
             lane_param(scale.to(acc), neuron_shape, "scale"), lane_param(shift.to(acc), neuron_shape, "shift"),
             None if addend is None else addend.to(x.dtype).contiguous(), *spec.kernel_args, False)

@@ -115,12 +115,12 @@ if _extension.has_cpp():
 
     @torch.library.register_fake("tcl_fast::lif_affine_backward")
     def _lif_affine_backward_fake(grad_spikes, grad_v_last, x, v0, decay, scale, shift, addend, *params):
-        need_decay_grad, need_affine_grad = params[-2:]
+        need_decay_grad, need_affine_grad, need_addend_grad = params[-3:]
         grad_v0 = x.new_empty(x.shape[1:] if v0 is not None else (0,))
         grad_decay = torch.empty_like(decay) if need_decay_grad else decay.new_empty(0)
         affine = (torch.empty_like(scale), torch.empty_like(shift)) if need_affine_grad else \
             (scale.new_empty(0), shift.new_empty(0))
-        grad_addend = torch.empty_like(x) if addend is not None else x.new_empty(0)
+        grad_addend = torch.empty_like(x) if addend is not None and need_addend_grad else x.new_empty(0)
         return (torch.empty_like(x), grad_v0, grad_decay, *affine, grad_addend)
 
     def _lif_affine_setup_context(ctx, inputs, output):
@@ -141,7 +141,7 @@ if _extension.has_cpp():
             grad_v_last = grad_v_last.contiguous()
         grad_x, grad_v0, grad_decay, grad_scale, grad_shift, grad_addend = torch.ops.tcl_fast.lif_affine_backward(
             grad_spikes.contiguous(), grad_v_last, x, v0, decay, scale, shift, addend, *ctx.params,
-            needs[2], needs[3] or needs[4])
+            needs[2], needs[3] or needs[4], addend is not None and needs[5])
         return (grad_x, grad_v0 if v0 is not None else None, grad_decay if needs[2] else None,
                 grad_scale if needs[3] else None, grad_shift if needs[4] else None,
                 grad_addend if addend is not None and needs[5] else None,

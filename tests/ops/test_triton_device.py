@@ -112,8 +112,12 @@ def test_supcon_triton_launches_are_guarded(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_ops_on_the_second_gpu_while_the_first_is_current():
+    # Triton kernels and the C++/CUDA op, on cuda:1 with cuda:0 current, match cuda:0's run.
     import tcl_fast
+    from tcl_fast import _extension
     from tcl_fast.ops import spike_pack, supcon_triton
+    if not _extension.has_cuda_kernels():
+        pytest.skip("CUDA kernels not built")
     g = torch.Generator().manual_seed(0)
     x_cpu = torch.randn(6, 64, 33, generator=g) + 0.5
     results = {}
@@ -122,11 +126,14 @@ def test_ops_on_the_second_gpu_while_the_first_is_current():
             x = x_cpu.to(dev).requires_grad_()
             s = tcl_fast.lif_multistep(x, tau=2.0, backend="triton")
             s.sum().backward()
+            # the C++/CUDA op too (its own device guard), plain and per-channel
+            s_cuda = tcl_fast.lif_multistep(x, decay=torch.full((64, 1), 0.5, device=dev), backend="cuda")
+            s_cuda.sum().backward()
             bits = spike_pack.pack_bits_triton(s.detach())
             z = torch.nn.functional.normalize(x_cpu.flatten(1)[:, :32].to(dev), dim=1).requires_grad_()
             lse = supcon_triton.supcon_lse_triton(z, 2.0, False)
             lse.sum().backward()
             torch.cuda.synchronize(dev)
-            results[dev] = [t.cpu() for t in (s, x.grad, bits, lse, z.grad)]
+            results[dev] = [t.cpu() for t in (s, s_cuda, x.grad, bits, lse, z.grad)]
     for a, b in zip(results["cuda:0"], results["cuda:1"]):
         torch.testing.assert_close(a, b)

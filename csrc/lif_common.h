@@ -181,18 +181,18 @@ struct BackwardBuffers {
   at::Tensor decay_partial;  // [N] per-neuron dL/dk, undefined unless needed
   at::Tensor v_chunk;        // [ceil(T/16) - 1, N] membrane checkpoints
   // lif_affine_backward with need_affine_grad: [N] per-neuron dL/dscale, dL/dshift;
-  // with an addend, its gradient (x's shape).
+  // with an addend and need_addend_grad, its gradient (x's shape).
   at::Tensor grad_scale, grad_shift, grad_addend;
 
   BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad,
-                  bool need_affine_grad = false, bool has_addend = false)
+                  bool need_affine_grad = false, bool need_addend_grad = false)
       : grad_x(at::empty_like(x)),
         grad_v0(has_v0 ? at::empty(neuron_sizes(x), x.options()) : at::empty({0}, x.options())),
         decay_partial(need_decay_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
         v_chunk(at::empty({num_checkpoint_rows(x.size(0)), num_neurons(x)}, decay.options())),
         grad_scale(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
         grad_shift(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
-        grad_addend(has_addend ? at::empty_like(x) : at::Tensor()) {}
+        grad_addend(need_addend_grad ? at::empty_like(x) : at::Tensor()) {}
 
   template <typename A>
   A* grad_scale_ptr() { return grad_scale.defined() ? grad_scale.data_ptr<A>() : nullptr; }
@@ -228,7 +228,7 @@ struct BackwardBuffers {
     return per_neuron.view({N / (l.inner * l.channels), l.channels, l.inner}).sum({0, 2}).view(param.sizes());
   }
   // lif_affine_backward's outputs: finish's, then grad_scale and grad_shift
-  // (empty [0] tensors unless asked for) and grad_addend (empty without an addend).
+  // (empty [0] tensors unless asked for) and grad_addend (empty unless asked for).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_affine(
       const at::Tensor& decay, const at::Tensor& scale, const at::Tensor& shift) const {
     auto [gx, gv0, gdecay] = finish(decay);

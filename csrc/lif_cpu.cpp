@@ -54,11 +54,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const std::o
 BackwardBuffers backward_cpu(const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
                              const at::Tensor& x, const std::optional<at::Tensor>& v0,
                              const at::Tensor& decay, const OptionalAffine& affine, const OpScalars& a,
-                             bool need_decay_grad, bool need_affine_grad) {
+                             bool need_decay_grad, bool need_affine_grad, bool need_addend_grad) {
   TORCH_CHECK(!a.smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
-                      affine.addend.has_value());
+                      need_addend_grad && affine.addend.has_value());
   if (x.numel() == 0) return out;
   bool known = true;
   with_kernel_storage<Float64::kSupported>(x, "lif_backward_cpu", [&](auto tag) {
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cpu(
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
-  return backward_cpu(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{}, a, need_decay_grad, false)
+  return backward_cpu(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{}, a, need_decay_grad, false, false)
       .finish(decay);
 }
 
@@ -104,12 +104,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& v0, const at::Tensor& decay, const at::Tensor& scale,
     const at::Tensor& shift, const std::optional<at::Tensor>& addend, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input, bool detach_reset, int64_t surrogate, double alpha, double beta,
-    bool smooth, bool need_decay_grad, bool need_affine_grad) {
+    bool smooth, bool need_decay_grad, bool need_affine_grad, bool need_addend_grad) {
   const OpScalars a = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                         hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                         smooth);
   return backward_cpu(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift, addend), a,
-                      need_decay_grad, need_affine_grad)
+                      need_decay_grad, need_affine_grad, need_addend_grad)
       .finish_affine(decay, scale, shift);
 }
 

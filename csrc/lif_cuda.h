@@ -25,20 +25,29 @@ struct LaunchArgs {
   LaneParams<float> lanes;
   bool lanewise() const { return lanes.decay || lanes.scale || lanes.shift; }
   void* stream;  // cudaStream_t
+  int sm_count;  // the device's multiprocessors: the launch plan sizes the grid by them
 };
 
-// Each returns nullptr on success, else the CUDA error string. v0 may be
-// nullptr (every membrane starts at v_reset). decay: device float32, one value
-// (read when a.lanes.decay is nullptr).
-const char* forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
-                    void* spikes, void* v_last);
+// What a launch reports: error nullptr on success, else the CUDA error string;
+// pending: the error was already there before this op launched anything (an
+// earlier kernel's or call's, reported here because CUDA reports errors late),
+// so the op must not be blamed for it.
+struct LaunchResult {
+  const char* error = nullptr;
+  bool pending = false;
+};
+
+// v0 may be nullptr (every membrane starts at v_reset). decay: device float32,
+// one value (read when a.lanes.decay is nullptr).
+LaunchResult forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
+                     void* spikes, void* v_last);
 
 // grad_v_last, grad_v0 and grad_decay_partial: [N] or nullptr (no gradient in
 // from the final membrane / none wanted); v_chunk: [ceil(T/16) - 1, N] float
 // scratch (nullptr when T <= 16).
-const char* backward(const LaunchArgs& a, const void* grad_spikes, const void* grad_v_last,
-                     const void* x, const void* v0, const float* decay, void* grad_x,
-                     void* grad_v0, float* grad_decay_partial, float* v_chunk);
+LaunchResult backward(const LaunchArgs& a, const void* grad_spikes, const void* grad_v_last,
+                      const void* x, const void* v0, const float* decay, void* grad_x,
+                      void* grad_v0, float* grad_decay_partial, float* v_chunk);
 
 }  // namespace cuda
 }  // namespace lif

@@ -38,7 +38,7 @@ struct BFloat16 {
 };
 static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage types");
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kBlockThreads;  // lif_threads.h
 
 template <typename S, int LANES, bool DecayInput, bool HardReset, bool Lanewise>
 __global__ void __launch_bounds__(kThreads)
@@ -75,10 +75,6 @@ inline Params<float> params_of(const LaunchArgs& a) {
   return make_params<float>(a.op);
 }
 
-// The cuda_packed knob (lif_tuning.h) off forces one neuron per thread:
-// bench_lif.py times both layouts side by side, and it is an escape hatch.
-inline bool packing_enabled() { return tuning().cuda_packed.load(std::memory_order_relaxed); }
-
 inline const char* last_error() {
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
@@ -93,35 +89,24 @@ void with_storage_type(DType d, F&& f) {
   }
 }
 
-inline dim3 grid_for(int64_t N, int lanes) {
-  const int64_t threads = (N + lanes - 1) / lanes;
-  return dim3(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
-}
+inline dim3 grid_of(const LaunchPlan& plan) { return dim3(static_cast<unsigned>(plan.blocks)); }
 
 template <typename S>
 void launch_forward(const LaunchArgs& a, const void* x, const void* v0, const float* decay,
                     void* spikes, void* v_last) {
   const auto stream = static_cast<cudaStream_t>(a.stream);
   const Params<float> p = params_of(a);
-  // Per-neuron parameters (Lanewise): one neuron per thread.
-  const int lanes = a.lanewise() || !packing_enabled() ? 1 : forward_thread_lanes<S>(a.N, x, spikes);
-  with_bool(a.lanewise(), [&](auto lw) {
-    with_forward_width<S>(lanes, [&](auto width) {
-      with_bool(a.op.decay_input, [&](auto di) {
-        with_bool(a.op.hard_reset, [&](auto hr) {
-          constexpr int L = decltype(width)::value;
-          constexpr bool Lanewise = decltype(lw)::value;
-          if constexpr (!(Lanewise && L > 1)) {
-            constexpr bool DecayInput = std::decay_t<decltype(di)>::value;
-            constexpr bool HardReset = std::decay_t<decltype(hr)>::value;
-            forward_kernel<S, L, DecayInput, HardReset, Lanewise>
-                <<<grid_for(a.N, L), kThreads, 0, stream>>>(
-                static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
-                static_cast<S*>(v_last), decay, a.T, a.N, p, a.lanes);
-          }
-        });
-      });
-    });
+  const LaunchPlan plan = forward_plan<S>(a.N, a.lanewise(), a.sm_count, x, spikes);
+  with_forward_plan<S>(plan, a.op.decay_input, a.op.hard_reset, [&](auto width, auto lw, auto di, auto hr) {
+    // decay_t: inside a generic lambda g++ (under nvcc) may see a captured
+    // outer parameter's type as a reference.
+    constexpr int L = std::decay_t<decltype(width)>::value;
+    constexpr bool Lanewise = std::decay_t<decltype(lw)>::value;
+    constexpr bool DecayInput = std::decay_t<decltype(di)>::value;
+    constexpr bool HardReset = std::decay_t<decltype(hr)>::value;
+    forward_kernel<S, L, DecayInput, HardReset, Lanewise><<<grid_of(plan), kThreads, 0, stream>>>(
+        static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(spikes),
+        static_cast<S*>(v_last), decay, a.T, a.N, p, a.lanes);
   });
 }
 
@@ -132,34 +117,23 @@ bool launch_backward(const LaunchArgs& a, const void* grad_spikes, const void* g
                      void* grad_v0, float* grad_decay_partial, float* v_chunk) {
   const auto stream = static_cast<cudaStream_t>(a.stream);
   const Params<float> p = params_of(a);
-  const int lanes = a.lanewise() || !packing_enabled()
-                        ? 1
-                        : backward_thread_lanes<S>(a.N, grad_decay_partial != nullptr, grad_spikes,
-                                                   x, grad_x);
+  const LaunchPlan plan = backward_plan<S>(a.N, a.lanewise(), grad_decay_partial != nullptr,
+                                           a.sm_count, grad_spikes, x, grad_x);
   return with_surrogate(a.op.surrogate, [&](auto sg) {
-    with_bool(a.lanewise(), [&](auto lw) {
-      with_backward_width(lanes, [&](auto width, auto dg) {
-        with_bool(a.op.decay_input, [&](auto di) {
-          with_bool(a.op.hard_reset, [&](auto hr) {
-            constexpr int L = decltype(width)::value;
-            constexpr bool Lanewise = decltype(lw)::value;
-            if constexpr (!(Lanewise && L > 1)) {
-              // decay_t: inside `if constexpr` g++ (under nvcc) reads an outer lambda's
-              // parameter through its capture, a reference.
-              constexpr int SG = std::decay_t<decltype(sg)>::value;
-              constexpr bool DecayGrad = std::decay_t<decltype(dg)>::value;
-              constexpr bool DecayInput = std::decay_t<decltype(di)>::value;
-              constexpr bool HardReset = std::decay_t<decltype(hr)>::value;
-              backward_kernel<S, L, DecayGrad, SG, DecayInput, HardReset, Lanewise>
-                  <<<grid_for(a.N, L), kThreads, 0, stream>>>(
-                  static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
-                  static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
-                  static_cast<S*>(grad_v0), DecayGrad ? grad_decay_partial : nullptr, v_chunk,
-                  decay, a.T, a.N, p, a.lanes);
-            }
-          });
-        });
-      });
+    with_backward_plan(plan, a.op.decay_input, a.op.hard_reset,
+                       [&](auto width, auto dg, auto lw, auto di, auto hr) {
+      constexpr int SG = std::decay_t<decltype(sg)>::value;
+      constexpr int L = std::decay_t<decltype(width)>::value;
+      constexpr bool DecayGrad = std::decay_t<decltype(dg)>::value;
+      constexpr bool Lanewise = std::decay_t<decltype(lw)>::value;
+      constexpr bool DecayInput = std::decay_t<decltype(di)>::value;
+      constexpr bool HardReset = std::decay_t<decltype(hr)>::value;
+      backward_kernel<S, L, DecayGrad, SG, DecayInput, HardReset, Lanewise>
+          <<<grid_of(plan), kThreads, 0, stream>>>(
+          static_cast<const S*>(grad_spikes), static_cast<const S*>(grad_v_last),
+          static_cast<const S*>(x), static_cast<const S*>(v0), static_cast<S*>(grad_x),
+          static_cast<S*>(grad_v0), plan.decay_grad ? grad_decay_partial : nullptr, v_chunk,
+          decay, a.T, a.N, p, a.lanes);
     });
   });
 }

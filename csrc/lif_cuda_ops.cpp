@@ -1,5 +1,6 @@
 // CUDA registration of tcl_fast::lif_forward / lif_backward: checks, output
 // allocation and stream/device selection; the kernels live in lif_cuda_kernels.cuh.
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -27,7 +28,17 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, const at::Tensor& decay, const
   a.T = x.size(0);
   a.N = num_neurons(x);
   a.stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  // torch reads each device's properties once and keeps them.
+  a.sm_count = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
   return a;
+}
+
+// An error pending from before the launch is an earlier kernel's or call's
+// (CUDA reports errors late): say so rather than blame this op.
+void check_launch(const cuda::LaunchResult& r, const char* op) {
+  TORCH_CHECK(!r.pending, op, ": a CUDA error was pending before its launch (raised by an earlier "
+              "kernel or CUDA call, not by this op): ", r.error);
+  TORCH_CHECK(r.error == nullptr, op, " CUDA launch failed: ", r.error);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
@@ -39,9 +50,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
   const auto a = launch_args(x, decay, op, affine);
-  const char* err = cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr,
-                                  decay.data_ptr<float>(), spikes.data_ptr(), v_last.data_ptr());
-  TORCH_CHECK(err == nullptr, "tcl_fast::lif_forward CUDA launch failed: ", err);
+  check_launch(cuda::forward(a, x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr,
+                             decay.data_ptr<float>(), spikes.data_ptr(), v_last.data_ptr()),
+               "tcl_fast::lif_forward");
   return {spikes, v_last};
 }
 
@@ -49,21 +60,21 @@ BackwardBuffers backward_cuda(const at::Tensor& grad_spikes,
                               const std::optional<at::Tensor>& grad_v_last, const at::Tensor& x,
                               const std::optional<at::Tensor>& v0, const at::Tensor& decay,
                               const OptionalAffine& affine, const OpScalars& op,
-                              bool need_decay_grad, bool need_affine_grad) {
+                              bool need_decay_grad, bool need_affine_grad, bool need_addend_grad) {
   TORCH_CHECK(!op.smooth, "tcl_fast::lif: smooth (gradcheck) mode is CPU/float64 only");
   const c10::cuda::CUDAGuard guard(x.device());
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
-                      affine.addend.has_value());
+                      need_addend_grad && affine.addend.has_value());
   auto a = launch_args(x, decay, op, affine);
   a.lanes.grad_scale = out.grad_scale_ptr<float>();
   a.lanes.grad_shift = out.grad_shift_ptr<float>();
   a.lanes.grad_addend = out.grad_addend_ptr();
-  const char* err = cuda::backward(
-      a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
-      x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
-      out.grad_x.data_ptr(), out.grad_v0_ptr(), out.decay_partial_ptr<float>(),
-      out.v_chunk_ptr<float>());
-  TORCH_CHECK(err == nullptr, "tcl_fast::lif_backward CUDA launch failed: ", err);
+  check_launch(cuda::backward(
+                   a, grad_spikes.data_ptr(), grad_v_last.has_value() ? grad_v_last->data_ptr() : nullptr,
+                   x.data_ptr(), v0.has_value() ? v0->data_ptr() : nullptr, decay.data_ptr<float>(),
+                   out.grad_x.data_ptr(), out.grad_v0_ptr(), out.decay_partial_ptr<float>(),
+                   out.v_chunk_ptr<float>()),
+               "tcl_fast::lif_backward");
   return out;
 }
 
@@ -85,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_backward_cuda(
                                          hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                          smooth);
   return backward_cuda(grad_spikes, grad_v_last, x, v0, decay, OptionalAffine{}, op, need_decay_grad,
-                       false)
+                       false, false)
       .finish(decay);
 }
 
@@ -106,12 +117,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& shift, const std::optional<at::Tensor>& addend, double v_threshold, double v_reset,
     bool hard_reset, bool decay_input,
     bool detach_reset, int64_t surrogate, double alpha, double beta, bool smooth,
-    bool need_decay_grad, bool need_affine_grad) {
+    bool need_decay_grad, bool need_affine_grad, bool need_addend_grad) {
   const OpScalars op = backward_prologue(grad_spikes, grad_v_last, x, v0, decay, v_threshold, v_reset,
                                          hard_reset, decay_input, detach_reset, surrogate, alpha, beta,
                                          smooth);
   return backward_cuda(grad_spikes, grad_v_last, x, v0, decay, affine_of(x, decay, scale, shift, addend), op,
-                       need_decay_grad, need_affine_grad)
+                       need_decay_grad, need_affine_grad, need_addend_grad)
       .finish_affine(decay, scale, shift);
 }
 

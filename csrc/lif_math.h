@@ -555,20 +555,21 @@ TCL_HD void forward_neurons(const S* __restrict__ x, const S* __restrict__ v0,
   int64_t t = 0;
   if constexpr (TB > 1) {
     for (; t + TB <= T; t += TB) {
+      // xb: the charged input (Lanewise: x * scale + shift + addend), so the
+      // addend's loads are in flight with x's, not one per step in the compute.
       A xb[TB][LANES];
       TCL_UNROLL
       for (int j = 0; j < TB; ++j) {
         const RowIn<A, S, LANES, Packed> xt(x + (t + j) * stride);
         TCL_UNROLL
-        for (int l = 0; l < LANES; ++l) xb[j][l] = xt[l];
+        for (int l = 0; l < LANES; ++l) xb[j][l] = lv.input(l, xt[l], addend, (t + j) * stride + l);
       }
       TCL_UNROLL
       for (int j = 0; j < TB; ++j) {
         RowOut<S, LANES, Packed> st(spikes + (t + j) * stride);
         TCL_UNROLL
         for (int l = 0; l < LANES; ++l) {
-          const A h = charge<A, DecayInput>(v[l], lv.input(l, xb[j][l], addend, (t + j) * stride + l),
-                                            lv.decay(l, p), p);
+          const A h = charge<A, DecayInput>(v[l], xb[j][l], lv.decay(l, p), p);
           const A s = fire<A, SG, Smooth>(h, p);
           v[l] = reset<A, HardReset>(h, s, p);
           st.set(l, s);
@@ -618,7 +619,7 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
                              int64_t T, int64_t stride, const Params<A>& p,
                              SurrogateRowFn<A> sg_row_fn = nullptr,
                              const LaneParams<A>& lanes = LaneParams<A>{}) {
-  static_assert(!(Lanewise && (Packed || RB > 1)), "Lanewise drivers read unpacked rows, RB = 1");
+  static_assert(!(Lanewise && Packed), "Lanewise drivers read unpacked rows");
   constexpr bool kByRow = SG == kSurrogateByRow;
   static_assert(!(kByRow && Smooth), "smooth mode needs the surrogate's primitive inline");
   const int64_t num_chunks = (T + kTimeChunk - 1) / kTimeChunk;
@@ -665,17 +666,25 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
     const int64_t len = (T - t0) < kTimeChunk ? (T - t0) : kTimeChunk;
     A h[kTimeChunk][LANES];
     A dh_dk[DecayGrad ? kTimeChunk : 1][LANES];
+    // RB > 1 and Lanewise: the chunk's x as loaded, for the scale's gradient
+    // (sum of g * x), so the walk back re-reads nothing.
+    A x_chunk[Lanewise && RB > 1 ? kTimeChunk : 1][LANES];
     TCL_SIMD
     for (int l = 0; l < LANES; ++l)
       v[l] = c > 0 ? v_chunk[(c - 1) * stride + l] : (v0 ? static_cast<A>(v0[l]) : p.v_reset);
     if constexpr (RB > 1) {
-      // h[j] holds x[t0 + j] until the recompute below turns it into h.
+      // h[j] holds the charged input at t0 + j (x, or Lanewise x * scale +
+      // shift + addend: the addend's loads in flight with x's) until the
+      // recompute below turns it into h.
       TCL_UNROLL
       for (int j = 0; j < kTimeChunk; ++j) {
         if (j < len) {
           const RowIn<A, S, LANES, Packed> xt(x + (t0 + j) * stride);
           TCL_UNROLL
-          for (int l = 0; l < LANES; ++l) h[j][l] = xt[l];
+          for (int l = 0; l < LANES; ++l) {
+            if constexpr (Lanewise) x_chunk[j][l] = xt[l];
+            h[j][l] = lv.input(l, xt[l], addend, (t0 + j) * stride + l);
+          }
         }
       }
     }
@@ -727,11 +736,15 @@ TCL_HD void backward_neurons(const S* __restrict__ grad_spikes, const S* __restr
                                                               fire<A, SG, Smooth>(hv, p), sg, p);
             const A gin = grad_x_from_h<A, DecayInput>(gh, lv.decay(l, p));  // dL/d(charged input)
             if constexpr (Lanewise) {
-              // back through x * scale + shift; x re-read (this chunk's rows are in cache)
+              // back through x * scale + shift; x from the chunk's loads (RB > 1), else
+              // re-read (the CPU's RB = 1: this chunk's rows are in cache)
               gxt.set(l, gin * lv.scale[l]);
               if (grad_addend) store_as(grad_addend[(t0 + j) * stride + l], gin);
               gsh[l] += gin;
-              gsc[l] = mul_add<Fused>(gin, static_cast<A>(x[(t0 + j) * stride + l]), gsc[l]);
+              A x_in;
+              if constexpr (RB > 1) x_in = x_chunk[j][l];
+              else x_in = static_cast<A>(x[(t0 + j) * stride + l]);
+              gsc[l] = mul_add<Fused>(gin, x_in, gsc[l]);
             } else {
               gxt.set(l, gin);
             }

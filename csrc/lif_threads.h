@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "lif_dispatch.h"
 #include "lif_math.h"
 #include "lif_tuning.h"
 
@@ -42,11 +43,13 @@ inline bool rows_packable(int64_t N, int lanes, int64_t elem_size,
   return true;
 }
 
-// The neurons per thread the launcher uses: the packed width when possible.
-template <typename S>
-inline int forward_thread_lanes(int64_t N, const void* x, const void* spikes) {
-  return rows_packable(N, kForwardLanes<S>, sizeof(S), {x, spikes}) ? kForwardLanes<S> : 1;
-}
+// Threads per block of every LIF kernel launch.
+constexpr int kBlockThreads = 256;
+
+// The cuda_packed knob (lif_tuning.h) off forces one neuron per thread:
+// bench_lif.py times both layouts side by side, and it is an escape hatch.
+inline bool packing_enabled() { return tuning().cuda_packed.load(std::memory_order_relaxed); }
+
 // The cuda_bwd_lanes knob (lif_tuning.h) 2 or 1 caps the backward's packed
 // width: fewer lanes, fewer registers per thread, more threads resident.
 // bench_lif.py times the widths side by side.
@@ -54,32 +57,94 @@ inline int backward_lanes_cap() {
   return tuning().cuda_bwd_lanes.load(std::memory_order_relaxed);
 }
 
-// The learnable-decay gradient needs a second 16-step register buffer: that
-// rarer case keeps one neuron per thread. Else the widest of 4, 2 neurons
-// whose rows are aligned.
-template <typename S>
-inline int backward_thread_lanes(int64_t N, bool need_decay_grad, const void* grad_spikes,
-                                 const void* x, const void* grad_x) {
-  if (need_decay_grad) return 1;
-  for (int lanes = backward_lanes_cap(); lanes > 1; lanes /= 2)
-    if (rows_packable(N, lanes, sizeof(S), {grad_spikes, x, grad_x})) return lanes;
+inline int64_t blocks_for(int64_t N, int lanes) {
+  const int64_t threads = (N + lanes - 1) / lanes;
+  return (threads + kBlockThreads - 1) / kBlockThreads;
+}
+
+// How a LIF kernel is launched: lif_cuda_kernels.cuh launches it, the CPU run
+// of the threads (lif_thread_mapping_test_ops.cpp) loops over it; both get it
+// from forward_plan / backward_plan, the one place these choices are made.
+struct LaunchPlan {
+  int lanes = 1;            // neurons per thread (packed rows when > 1)
+  bool lanewise = false;    // per-neuron decay / input affine: the Lanewise drivers
+  bool decay_grad = false;  // this width computes the decay gradient (one lane, asked for)
+  int64_t blocks = 0;       // of kBlockThreads threads
+};
+
+// The widest packed width, from `widest` halving down to `narrowest` (the
+// widths the kernels are built for), whose rows are
+// aligned and whose grid still gives every multiprocessor a block; else one
+// neuron per thread. Packing divides the threads by the lanes: 65,536 float32
+// neurons in 4 lanes are 64 blocks, half of a 132-SM GPU idle, each thread
+// walking all T steps, where one lane gives 256 blocks. sm_count <= 0 (not
+// known) leaves the grid size out of it.
+inline int choose_lanes(int widest, int narrowest, int64_t N, int sm_count, int64_t elem_size,
+                        std::initializer_list<const void*> ptrs) {
+  for (int lanes = widest; lanes > 1 && lanes >= narrowest; lanes /= 2) {
+    if (!rows_packable(N, lanes, elem_size, ptrs)) continue;
+    if (sm_count > 0 && blocks_for(N, lanes) < sm_count) continue;
+    return lanes;
+  }
   return 1;
 }
 
-// Calls f with the width the launcher picked (forward_thread_lanes /
-// backward_thread_lanes) as a compile-time constant, so the CUDA launcher and
-// its CPU run instantiate the same threads. The backward also gets DecayGrad,
-// whether that width computes the decay gradient (only one lane does).
+// Forward: 16 bytes of neurons per thread (kForwardLanes) or one; one with
+// per-neuron parameters (lanewise), whose few values stay in registers.
+template <typename S>
+inline LaunchPlan forward_plan(int64_t N, bool lanewise, int sm_count, const void* x,
+                               const void* spikes) {
+  LaunchPlan plan;
+  plan.lanewise = lanewise;
+  if (!lanewise && packing_enabled())
+    plan.lanes = choose_lanes(kForwardLanes<S>, kForwardLanes<S>, N, sm_count, sizeof(S), {x, spikes});
+  plan.blocks = blocks_for(N, plan.lanes);
+  return plan;
+}
+
+// Backward: 4, else 2 (capped by cuda_bwd_lanes), else one neuron per thread.
+// The learnable-decay gradient needs a second 16-step register buffer: that
+// rarer case, and the lanewise one, keep one neuron per thread.
+template <typename S>
+inline LaunchPlan backward_plan(int64_t N, bool lanewise, bool need_decay_grad, int sm_count,
+                                const void* grad_spikes, const void* x, const void* grad_x) {
+  LaunchPlan plan;
+  plan.lanewise = lanewise;
+  if (!lanewise && !need_decay_grad && packing_enabled())
+    plan.lanes = choose_lanes(backward_lanes_cap(), 2, N, sm_count, sizeof(S), {grad_spikes, x, grad_x});
+  plan.decay_grad = need_decay_grad && plan.lanes == 1;
+  plan.blocks = blocks_for(N, plan.lanes);
+  return plan;
+}
+
+// Calls f with the plan's width as a compile-time constant, so the CUDA
+// launcher and its CPU run instantiate the same threads: forward f(width,
+// lanewise, decay_input, hard_reset); backward f(width, decay_grad, lanewise,
+// decay_input, hard_reset), DecayGrad whether that width may compute the decay
+// gradient (only one lane does). Lanewise threads run one lane: the packed
+// Lanewise widths are never instantiated.
 template <typename S, typename F>
-inline void with_forward_width(int lanes, F&& f) {
-  if (lanes == kForwardLanes<S>) f(std::integral_constant<int, kForwardLanes<S>>{});
-  else f(std::integral_constant<int, 1>{});
+inline void with_forward_plan(const LaunchPlan& plan, bool decay_input, bool hard_reset, F&& f) {
+  with_driver_switches(plan.lanewise, decay_input, hard_reset, [&](auto lw, auto di, auto hr) {
+    if constexpr (decltype(lw)::value) {
+      f(std::integral_constant<int, 1>{}, lw, di, hr);
+    } else {
+      if (plan.lanes == kForwardLanes<S>) f(std::integral_constant<int, kForwardLanes<S>>{}, lw, di, hr);
+      else f(std::integral_constant<int, 1>{}, lw, di, hr);
+    }
+  });
 }
 template <typename F>
-inline void with_backward_width(int lanes, F&& f) {
-  if (lanes == kBackwardLanes) f(std::integral_constant<int, kBackwardLanes>{}, std::false_type{});
-  else if (lanes == 2) f(std::integral_constant<int, 2>{}, std::false_type{});
-  else f(std::integral_constant<int, 1>{}, std::true_type{});
+inline void with_backward_plan(const LaunchPlan& plan, bool decay_input, bool hard_reset, F&& f) {
+  with_driver_switches(plan.lanewise, decay_input, hard_reset, [&](auto lw, auto di, auto hr) {
+    if constexpr (decltype(lw)::value) {
+      f(std::integral_constant<int, 1>{}, std::true_type{}, lw, di, hr);
+    } else {
+      if (plan.lanes == kBackwardLanes) f(std::integral_constant<int, kBackwardLanes>{}, std::false_type{}, lw, di, hr);
+      else if (plan.lanes == 2) f(std::integral_constant<int, 2>{}, std::false_type{}, lw, di, hr);
+      else f(std::integral_constant<int, 1>{}, std::true_type{}, lw, di, hr);
+    }
+  });
 }
 
 // Rows a thread loads before it computes on them (lif_math.h's TB and RB):
@@ -116,7 +181,7 @@ TCL_HD void backward_thread(int64_t thread, const S* __restrict__ grad_spikes,
   const int64_t n = thread * LANES;
   if (n >= N) return;
   backward_neurons<float, SG, DecayInput, HardReset, false, LANES, (LANES > 1), DecayGrad,
-                   Lanewise ? 1 : kBackwardTimeBatch, true, Lanewise>(
+                   kBackwardTimeBatch, true, Lanewise>(
       grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,
       at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p,
       nullptr, lanes.at(n));

@@ -50,7 +50,8 @@ TORCH_LIBRARY(tcl_fast, m) {
   // per neuron here. grad_x = dL/dx = g * scale, grad_scale = sum_t g * x,
   // grad_shift = sum_t g (g = dL/d(x * scale + shift)), each of x.shape[1:] with
   // need_affine_grad, else empty ([0]). addend (None, or x's shape and dtype) is charged
-  // too, x * scale + shift + addend (a residual); grad_addend = g, empty without it.
+  // too, x * scale + shift + addend (a residual); grad_addend = g with need_addend_grad,
+  // else empty (as without an addend: the kernels then store nothing for it).
   // The rest as lif_backward.
   m.def(
       "lif_affine_forward(Tensor x, Tensor? v0, Tensor decay, Tensor scale, Tensor shift, Tensor? addend, "
@@ -60,7 +61,7 @@ TORCH_LIBRARY(tcl_fast, m) {
       "lif_affine_backward(Tensor grad_spikes, Tensor? grad_v_last, Tensor x, Tensor? v0, "
       "Tensor decay, Tensor scale, Tensor shift, Tensor? addend, float v_threshold, float v_reset, bool hard_reset, "
       "bool decay_input, bool detach_reset, int surrogate, float alpha, float beta, bool smooth, "
-      "bool need_decay_grad, bool need_affine_grad) "
+      "bool need_decay_grad, bool need_affine_grad, bool need_addend_grad) "
       "-> (Tensor grad_x, Tensor grad_v0, Tensor grad_decay, Tensor grad_scale, Tensor grad_shift, "
       "Tensor grad_addend)");
   // Spikes as bits (csrc/spike_pack.cpp; tcl_fast/pack.py): x holds 0/1 in float16/bfloat16/

@@ -392,7 +392,8 @@ class _BNLIFKernel(torch.autograd.Function):
         grad_spikes = torch.zeros_like(y) if grad_spikes is None else grad_spikes.contiguous()
         gy, _, gk, sum_gy, sum_g, g_residual = torch.ops.tcl_fast.lif_affine_backward(
             grad_spikes, None if grad_v is None else grad_v.contiguous(), y, None, k, scale.view(shape),
-            shift.view(shape), residual, *lif.spec.kernel_args, False, needs[4], True)
+            shift.view(shape), residual, *lif.spec.kernel_args, False, needs[4], True,
+            residual is not None and needs[5])
         sum_gy, sum_g = sum_gy.view(-1), sum_g.view(-1)
         # sum over (T, B, ...) of g * xhat, xhat = (y - mean) * invstd
         sum_gxhat = invstd * (sum_gy - mean * sum_g)

@@ -115,12 +115,12 @@ if _extension.has_cpp():
 
     @torch.library.register_fake("tcl_fast::lif_affine_backward")
     def _lif_affine_backward_fake(grad_spikes, grad_v_last, x, v0, decay, scale, shift, addend, *params):
-        need_decay_grad, need_affine_grad = params[-2:]
+        need_decay_grad, need_affine_grad, need_addend_grad = params[-3:]
         grad_v0 = x.new_empty(x.shape[1:] if v0 is not None else (0,))
         grad_decay = torch.empty_like(decay) if need_decay_grad else decay.new_empty(0)
         affine = (torch.empty_like(scale), torch.empty_like(shift)) if need_affine_grad else \
             (scale.new_empty(0), shift.new_empty(0))
-        grad_addend = torch.empty_like(x) if addend is not None else x.new_empty(0)
+        grad_addend = torch.empty_like(x) if addend is not None and need_addend_grad else x.new_empty(0)
         return (torch.empty_like(x), grad_v0, grad_decay, *affine, grad_addend)
 
     def _lif_affine_setup_context(ctx, inputs, output):
@@ -141,7 +141,7 @@ if _extension.has_cpp():
             grad_v_last = grad_v_last.contiguous()
         grad_x, grad_v0, grad_decay, grad_scale, grad_shift, grad_addend = torch.ops.tcl_fast.lif_affine_backward(
             grad_spikes.contiguous(), grad_v_last, x, v0, decay, scale, shift, addend, *ctx.params,
-            needs[2], needs[3] or needs[4])
+            needs[2], needs[3] or needs[4], addend is not None and needs[5])
         return (grad_x, grad_v0 if v0 is not None else None, grad_decay if needs[2] else None,
                 grad_scale if needs[3] else None, grad_shift if needs[4] else None,
                 grad_addend if addend is not None and needs[5] else None,
@@ -457,9 +457,8 @@ def lif_multistep(
             raise ValueError(f"v0 is on {v0.device} but x is on {x.device}")
         if v0.dtype != x.dtype:
             raise TypeError(f"v0 must have x's dtype {x.dtype}, got {v0.dtype}")
+    k = _decay_on_device(k, x.device)
     if isinstance(k, torch.Tensor):
-        if k.device != x.device and k.device.type != "cpu":
-            raise ValueError(f"tau/decay tensor is on {k.device} but x is on {x.device}")
         if k.dim() > 0 and _broadcast_shape(k.shape, neuron_shape) != neuron_shape:
             raise ValueError(f"a per-neuron tau/decay must broadcast to the neuron dims x.shape[1:] = "
                              f"{tuple(neuron_shape)}, got shape {tuple(k.shape)}")
@@ -487,6 +486,23 @@ def lif_multistep(
     return _emit(spikes, v_last, return_v, _smooth)
 
 
+def _decay_on_device(k, device: torch.device):
+    """A validated decay (``validate_decay``) for x on ``device``: a tensor there,
+    or a float. A one-value CPU tensor that needs no gradient becomes its value,
+    which ``_constant_decay`` moves to the GPU once per value (``float()`` of a
+    CPU tensor waits for no device). Any other tensor on another device is
+    refused: copied at every call, through pageable memory, it would block the
+    host each time, and its gradient would need a copy back."""
+    if not isinstance(k, torch.Tensor) or k.device == device or torch.compiler.is_compiling():
+        return k  # compiled: the copy is a node of the graph (_kernel_decay), not a host wait
+    if k.device.type == "cpu" and k.numel() == 1 and not k.requires_grad:
+        return float(k)
+    raise ValueError(
+        f"the tau/decay tensor is on {k.device} but x is on {device}: move it to x's device once "
+        "(a module's parameter or buffer moves with .to(device)); a copy at every call would block "
+        + ("the host" if k.device.type == "cpu" else "both devices"))
+
+
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the C++/CUDA kernels compute in, and take decay/scale/shift in, for ``x``."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -496,23 +512,28 @@ def _kernel_decay(k, x: torch.Tensor) -> torch.Tensor:
     """A validated decay (float or tensor) as the C++/CUDA/Triton ops take it: x's
     accumulation dtype and device, one value or in a per-channel/neuron layout."""
     if isinstance(k, torch.Tensor):
-        return lane_param(k.to(device=x.device, dtype=accumulation_dtype(x)), x.shape[1:])
+        return lane_param(k.to(device=x.device, dtype=accumulation_dtype(x)), x.shape[1:], "tau/decay")
     return _constant_decay(float(k), x.device, accumulation_dtype(x))
 
 
-def lane_param(t: torch.Tensor, neuron_shape: torch.Size) -> torch.Tensor:
+def lane_param(t: torch.Tensor, neuron_shape: torch.Size, name: str) -> torch.Tensor:
     """A per-channel / per-neuron kernel parameter (a decay, a BN scale or shift) in
     the layout the C++/CUDA kernels index (csrc/lif_common.h lane_layout): 0-dim
     for one value; kept as it is (contiguous, leading 1s dropped) when all its
     dims but one are 1, so a ``[C, 1, 1]`` per-channel value is never expanded
     or saved at the neurons' size; else expanded to ``neuron_shape``. Autograd
-    sums the gradient back to ``t``'s shape."""
+    sums the gradient back to ``t``'s shape. A ``t`` that does not broadcast to
+    ``neuron_shape`` raises ``ValueError`` naming ``name``, the caller's argument."""
     if t.dim() == 0:
         return t
     if t.numel() == 1:
         return t.reshape(())
-    while t.dim() > len(neuron_shape):
-        t = t.squeeze(0)
+    given, extra = tuple(t.shape), t.dim() - len(neuron_shape)
+    if extra > 0 and all(size == 1 for size in t.shape[:extra]):  # leading 1s: dropped
+        t = t.reshape(t.shape[extra:])
+    if _broadcast_shape(t.shape, neuron_shape) != neuron_shape:
+        raise ValueError(f"{name} must broadcast to the neuron dims x.shape[1:] = {tuple(neuron_shape)} "
+                         f"(one value, one per channel or one per neuron), got shape {given}")
     if sum(size != 1 for size in t.shape) == 1:
         return t.contiguous()
     return t.expand(neuron_shape).contiguous()
@@ -549,9 +570,9 @@ def lif_affine_multistep(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tens
     if backend not in ("cpp", "cuda"):
         raise RuntimeError(f"lif_affine_multistep needs the C++/CUDA kernels for {x.dtype} {x.device.type} "
                            f"tensors (resolved backend: {backend})")
-    k = _kernel_decay(validate_decay(decay=decay, decay_input=spec.decay_input), x)
+    k = _kernel_decay(_decay_on_device(validate_decay(decay=decay, decay_input=spec.decay_input), x.device), x)
     args = (x.contiguous(), None if v0 is None else v0.contiguous(), k,
-            lane_param(scale.to(acc), neuron_shape), lane_param(shift.to(acc), neuron_shape),
+            lane_param(scale.to(acc), neuron_shape, "scale"), lane_param(shift.to(acc), neuron_shape, "shift"),
             None if addend is None else addend.to(x.dtype).contiguous(), *spec.kernel_args, False)
     if torch.compiler.is_compiling() or torch.is_grad_enabled():
         spikes, v_last = torch.ops.tcl_fast.lif_affine_forward(*args)

@@ -29,6 +29,8 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
+from tcl_fast.ops import triton_device
+
 try:
     import triton
     import triton.language as tl
@@ -389,13 +391,14 @@ if _TRITON_IMPORT_ERROR is None:
         spikes = torch.empty_like(x2d)
         v_last = x2d.new_empty(x2d.shape[1:])
         if N > 0:
-            _wrap(_lif_fwd)[_grid](
-                x2d, x2d if v0 is None else v0, decay, spikes, v_last, T, N,
-                v_threshold, v_reset, alpha, beta, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
-                DECAY_INPUT=decay_input, SURROGATE=surrogate_id,
-                SMOOTH=smooth, DECAY_PER_NEURON=decay.dim() > 0, enable_fp_fusion=False,
-                **_LAUNCH_META,
-            )
+            with triton_device.launch_device(x2d):
+                _wrap(_lif_fwd)[_grid](
+                    x2d, x2d if v0 is None else v0, decay, spikes, v_last, T, N,
+                    v_threshold, v_reset, alpha, beta, HAS_V0=v0 is not None, HARD_RESET=hard_reset,
+                    DECAY_INPUT=decay_input, SURROGATE=surrogate_id,
+                    SMOOTH=smooth, DECAY_PER_NEURON=decay.dim() > 0, enable_fp_fusion=False,
+                    **_LAUNCH_META,
+                )
         return spikes, v_last
 
     @_define_op("tcl_fast::lif_backward_triton", _lif_backward_fake)
@@ -418,17 +421,18 @@ if _TRITON_IMPORT_ERROR is None:
         grad_decay_parts = torch.empty(
             (N if need_decay_grad else 1,), dtype=decay.dtype, device=x2d.device)
         if N > 0:
-            _wrap(_lif_bwd)[_grid](
-                grad_spikes, x2d if grad_v_last is None else grad_v_last, x2d,
-                x2d if v0 is None else v0, decay, grad_x,
-                grad_v0, grad_decay_parts, scratch, T, N, v_threshold,
-                v_reset, alpha, beta, HAS_V0=v0 is not None, HAS_GRAD_V=grad_v_last is not None,
-                HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
-                DETACH_RESET=detach_reset, SURROGATE=surrogate_id, SMOOTH=smooth,
-                NEED_DECAY_GRAD=need_decay_grad,
-                H_IN_GRAD_X=h_in_grad_x, DECAY_PER_NEURON=decay.dim() > 0, enable_fp_fusion=False,
-                **_LAUNCH_META,
-            )
+            with triton_device.launch_device(x2d):
+                _wrap(_lif_bwd)[_grid](
+                    grad_spikes, x2d if grad_v_last is None else grad_v_last, x2d,
+                    x2d if v0 is None else v0, decay, grad_x,
+                    grad_v0, grad_decay_parts, scratch, T, N, v_threshold,
+                    v_reset, alpha, beta, HAS_V0=v0 is not None, HAS_GRAD_V=grad_v_last is not None,
+                    HARD_RESET=hard_reset, DECAY_INPUT=decay_input,
+                    DETACH_RESET=detach_reset, SURROGATE=surrogate_id, SMOOTH=smooth,
+                    NEED_DECAY_GRAD=need_decay_grad,
+                    H_IN_GRAD_X=h_in_grad_x, DECAY_PER_NEURON=decay.dim() > 0, enable_fp_fusion=False,
+                    **_LAUNCH_META,
+                )
         if not need_decay_grad:
             grad_decay = decay.new_empty(0)  # like the C++ op: no fill kernel for a discarded value
         elif decay.dim() > 0:  # one decay per neuron: its gradient is that neuron's part

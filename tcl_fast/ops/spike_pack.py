@@ -32,6 +32,7 @@ except ImportError as exc:
     _TRITON_IMPORT_ERROR = exc
 
 from tcl_fast import _extension  # noqa: F401  (loads tcl_fast._C, which registers the ops)
+from tcl_fast.ops import triton_device
 
 __all__ = ["pack_bits", "unpack_bits", "pack_bits_reference", "unpack_bits_reference",
            "pack_backend", "packed_nbytes"]
@@ -122,7 +123,8 @@ def pack_bits_triton(x: torch.Tensor) -> torch.Tensor:
     nbytes = packed_nbytes(n)
     out = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
     if nbytes:
-        _pack_kernel[(triton.cdiv(nbytes, _TRITON_BLOCK),)](x, out, n, nbytes, BLOCK=_TRITON_BLOCK)
+        with triton_device.launch_device(x):
+            _pack_kernel[(triton.cdiv(nbytes, _TRITON_BLOCK),)](x, out, n, nbytes, BLOCK=_TRITON_BLOCK)
     return out
 
 
@@ -132,7 +134,9 @@ def unpack_bits_triton(bits: torch.Tensor, numel: int, dtype: torch.dtype) -> to
     out = torch.empty(numel, dtype=dtype, device=bits.device)
     nbytes = packed_nbytes(numel)
     if nbytes:
-        _unpack_kernel[(triton.cdiv(nbytes, _TRITON_BLOCK),)](bits, out, numel, nbytes, BLOCK=_TRITON_BLOCK)
+        with triton_device.launch_device(bits):
+            _unpack_kernel[(triton.cdiv(nbytes, _TRITON_BLOCK),)](bits, out, numel, nbytes,
+                                                                  BLOCK=_TRITON_BLOCK)
     return out
 
 

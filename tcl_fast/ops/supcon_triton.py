@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from tcl_fast.ops import triton_device
+
 _LOG2E = 1.0 / math.log(2.0)
 # D up to this is handled as one tile column (the row tile stays in registers);
 # wider D is walked in chunks of _CHUNK_D.
@@ -225,20 +227,21 @@ def supcon_lse_triton(x: torch.Tensor, inv_temperature: float, allow_tf32: bool)
     block_d, one_chunk = _block_d(d)
     allow_tf32 = _dot_precision_flag(x, allow_tf32)
     args = (x, lse, n, d, x.stride(0), inv_temperature * _LOG2E)
-    if _interpreting():
-        grid = (triton.cdiv(n, _INTERPRET_BLOCK_M),)
-        _supcon_lse_fwd_kernel[grid](  # an opaque custom_op here: no wrap_triton (torch 2.6 rejects it)
-            *args, BLOCK_M=_INTERPRET_BLOCK_M, BLOCK_N=_INTERPRET_BLOCK_N, BLOCK_D=block_d,
-            ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32,
-            UPCAST_DOT=x.dtype == torch.bfloat16,
-        )
-    else:
-        def grid(meta):
-            return (triton.cdiv(n, meta["BLOCK_M"]),)
+    with triton_device.launch_device(x):
+        if _interpreting():
+            grid = (triton.cdiv(n, _INTERPRET_BLOCK_M),)
+            _supcon_lse_fwd_kernel[grid](  # an opaque custom_op here: no wrap_triton (torch 2.6 rejects it)
+                *args, BLOCK_M=_INTERPRET_BLOCK_M, BLOCK_N=_INTERPRET_BLOCK_N, BLOCK_D=block_d,
+                ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32,
+                UPCAST_DOT=x.dtype == torch.bfloat16,
+            )
+        else:
+            def grid(meta):
+                return (triton.cdiv(n, meta["BLOCK_M"]),)
 
-        wrap_triton(_autotuned("fwd"))[grid](
-            *args, BLOCK_D=block_d, ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32, UPCAST_DOT=False,
-        )
+            wrap_triton(_autotuned("fwd"))[grid](
+                *args, BLOCK_D=block_d, ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32, UPCAST_DOT=False,
+            )
     return lse
 
 
@@ -263,20 +266,21 @@ def supcon_lse_triton_backward(
     allow_tf32 = _dot_precision_flag(x, allow_tf32)
     args = (x, lse.contiguous(), grad, g_scale, grad_x, n, d, x.stride(0), grad_x.stride(0),
             inv_temperature, inv_temperature * _LOG2E)
-    if _interpreting():
-        grid = (triton.cdiv(n, _INTERPRET_BLOCK_M), triton.cdiv(d, block_d))
-        _supcon_lse_bwd_kernel[grid](  # as in the forward
-            *args, BLOCK_M=_INTERPRET_BLOCK_M, BLOCK_N=_INTERPRET_BLOCK_N, BLOCK_D=block_d,
-            ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32,
-            UPCAST_DOT=x.dtype == torch.bfloat16,
-        )
-    else:
-        def grid(meta):
-            return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(d, block_d))
+    with triton_device.launch_device(x):
+        if _interpreting():
+            grid = (triton.cdiv(n, _INTERPRET_BLOCK_M), triton.cdiv(d, block_d))
+            _supcon_lse_bwd_kernel[grid](  # as in the forward
+                *args, BLOCK_M=_INTERPRET_BLOCK_M, BLOCK_N=_INTERPRET_BLOCK_N, BLOCK_D=block_d,
+                ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32,
+                UPCAST_DOT=x.dtype == torch.bfloat16,
+            )
+        else:
+            def grid(meta):
+                return (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(d, block_d))
 
-        wrap_triton(_autotuned("bwd"))[grid](
-            *args, BLOCK_D=block_d, ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32, UPCAST_DOT=False,
-        )
+            wrap_triton(_autotuned("bwd"))[grid](
+                *args, BLOCK_D=block_d, ONE_D_CHUNK=one_chunk, ALLOW_TF32=allow_tf32, UPCAST_DOT=False,
+            )
     return grad_x
 
 

@@ -549,6 +549,40 @@ def test_mixed_devices_raise():
         tcl_fast.lif_multistep(torch.ones(3, 4, device="cuda"), torch.ones(4))
 
 
+def test_decay_tensor_on_another_device_is_refused_or_read_once():
+    # A CPU tau for CUDA x was copied to the GPU (pageable, blocking) at every
+    # call. The check takes the devices, so it runs here without a GPU.
+    from tcl_fast.ops.lif import _decay_on_device
+    gpu = torch.device("cuda", 0)
+    assert _decay_on_device(torch.tensor(0.25), gpu) == 0.25  # a value: cached on the GPU once
+    assert type(_decay_on_device(torch.tensor([0.25]), gpu)) is float
+    for bad in (torch.tensor(0.25, requires_grad=True), torch.full((3, 1), 0.25),
+                torch.tensor(0.25, device="meta")):
+        with pytest.raises(ValueError, match=r"tau/decay tensor is on (cpu|meta) but x is on cuda:0: move it"):
+            _decay_on_device(bad, gpu)
+    k = torch.full((3, 1), 0.25)
+    assert _decay_on_device(k, torch.device("cpu")) is k  # same device: as it is
+    with pytest.raises(ValueError, match="tau/decay tensor is on meta but x is on cpu"):
+        tcl_fast.lif_multistep(torch.ones(3, 4), decay=torch.tensor(0.5, device="meta"))
+
+
+@pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="needs a GPU and the CUDA kernels")
+def test_cpu_tau_with_cuda_x():
+    x = torch.randn(4, 3, 10, device="cuda")
+    want = tcl_fast.lif_multistep(x, tau=3.0)
+    tcl_fast.lif_multistep(x, tau=torch.tensor(3.0))  # the cached constant, built once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        assert torch.equal(tcl_fast.lif_multistep(x, tau=torch.tensor(3.0)), want)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(ValueError, match="tau/decay tensor is on cpu but x is on cuda"):
+        tcl_fast.lif_multistep(x, tau=torch.full((3, 1), 3.0))
+    with pytest.raises(ValueError, match="tau/decay tensor is on cpu but x is on cuda"):
+        tcl_fast.lif_multistep(x, tau=torch.tensor(3.0, requires_grad=True))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_constant_tau_is_cached_per_value(device):
     # A constant tau becomes a cached 0-dim tensor (no host-to-device copy per

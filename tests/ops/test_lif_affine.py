@@ -5,6 +5,8 @@ gradients (float64 gradcheck in smooth mode), opcheck, and the GPU threads'
 code run on the CPU."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -78,32 +80,97 @@ def test_gradcheck_smooth_mode(addend):
 
 @pytest.mark.parametrize("addend", [False, True])
 @pytest.mark.parametrize("need_affine_grad", [True, False])
-def test_opcheck(addend, need_affine_grad):
+@pytest.mark.parametrize("need_addend_grad", [True, False])
+def test_opcheck(addend, need_affine_grad, need_addend_grad):
     x, scale, shift, add = _case(addend=addend)
     decay = torch.tensor(0.5)
     params = NeuronSpec().kernel_args
     torch.library.opcheck(torch.ops.tcl_fast.lif_affine_forward.default,
                           (x.requires_grad_(), None, decay, scale.requires_grad_(), shift, add, *params, False))
     args = (torch.randn_like(x), None, x.detach(), None, decay, scale.detach(), shift, add, *params, False, True,
-            need_affine_grad)
+            need_affine_grad, need_addend_grad)
     torch.library.opcheck(torch.ops.tcl_fast.lif_affine_backward.default, args)
     out = torch.ops.tcl_fast.lif_affine_backward(*args)
     assert out[3].shape == (scale.shape if need_affine_grad else (0,))
-    assert out[5].shape == (x.shape if addend else (0,))
+    # The addend's gradient is stored only when asked for (empty otherwise, as without an addend).
+    assert out[5].shape == (x.shape if addend and need_addend_grad else (0,))
+    full = torch.ops.tcl_fast.lif_affine_backward(*args[:-1], True)
+    assert torch.equal(out[0], full[0])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_thread_mapping_matches_cpu_kernel(dtype):
+class _RecordAddendFlag:
+    """A dispatch mode noting need_addend_grad (the last argument) of every
+    lif_affine_backward call made inside it."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        flags = self.flags = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.tcl_fast.lif_affine_backward.default:
+                    flags.append(args[-1])
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def test_autograd_asks_for_the_addend_gradient_only_when_needed():
+    x, scale, shift, add = _case(addend=True)
+    for add_needs_grad in (False, True):
+        xs, a = x.clone().requires_grad_(), add.clone().requires_grad_(add_needs_grad)
+        s = lif_affine_multistep(xs, scale, shift, decay=0.5, spec=NeuronSpec(), addend=a)
+        with _RecordAddendFlag() as rec:
+            s.sum().backward()
+        assert rec.flags == [add_needs_grad]
+        assert (a.grad is not None) == add_needs_grad
+
+
+@pytest.mark.parametrize("residual_needs_grad", [False, True])
+def test_bn_lif_kernel_asks_for_the_residual_gradient_only_when_needed(residual_needs_grad):
+    from tcl_fast.nn import LIFMultiStep
+    from tcl_fast.nn.bnlif import bn_lif
+
+    bn, lif = torch.nn.BatchNorm2d(3), LIFMultiStep()
+    y = torch.randn(4, 2, 3, 5, 5, requires_grad=True)
+    r = (torch.rand(4, 2, 3, 5, 5) < 0.3).float().requires_grad_(residual_needs_grad)
+    out = bn_lif(y, bn, lif, residual=r, impl="kernel")
+    with _RecordAddendFlag() as rec:
+        out.sum().backward()
+    assert rec.flags == [residual_needs_grad]
+    assert (r.grad is not None) == residual_needs_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("spec", [NeuronSpec(v_reset=-0.25),
+                                  NeuronSpec(v_reset=None, decay_input=False, surrogate="erf")])
+def test_gpu_thread_mapping_matches_cpu_kernel(dtype, spec):
+    # The GPU's Lanewise threads load a batch of steps (x and the addend) before
+    # they compute, and keep the chunk's x for the scale's gradient; the CPU
+    # kernel loads a step at a time and re-reads x: same values. T = 17, 21
+    # leave ragged 16-step chunks and 4-step batches.
     testing, ops = torch.ops.tcl_fast_testing, torch.ops.tcl_fast
-    params = NeuronSpec(v_reset=-0.25).kernel_args + (False,)
-    for T, shape, addend in [(17, (2, 4, 8), True), (5, (3, 5, 1), False), (21, (1, 6, 7), True)]:
+    params = spec.kernel_args + (False,)
+    for T, shape, addend, need_addend in [(17, (2, 4, 8), True, True), (5, (3, 5, 1), False, False),
+                                          (21, (1, 6, 7), True, True), (6, (2, 3, 4), True, False)]:
         x, scale, shift, add = _case((T, *shape), dtype, seed=T, addend=addend)
         decay = torch.linspace(0.3, 0.8, shape[1]).view(-1, 1)
         gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        gv = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(2)).to(dtype)
+        flags = (True, True, need_addend)
         got = testing.lif_affine_forward_thread_mapping(x, None, decay, scale, shift, add, *params) + \
-            testing.lif_affine_backward_thread_mapping(gs, None, x, None, decay, scale, shift, add, *params, True, True)
+            testing.lif_affine_backward_thread_mapping(gs, gv, x, None, decay, scale, shift, add, *params, *flags)
         want = ops.lif_affine_forward(x, None, decay, scale, shift, add, *params) + \
-            ops.lif_affine_backward(gs, None, x, None, decay, scale, shift, add, *params, True, True)
+            ops.lif_affine_backward(gs, gv, x, None, decay, scale, shift, add, *params, *flags)
+        assert got[-1].shape == (x.shape if addend and need_addend else (0,))
         for i, (a, b) in enumerate(zip(got, want)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"output {i}, T={T}")
 
@@ -123,6 +190,42 @@ def test_refuses_bad_affine_inputs():
                              spec=NeuronSpec())
 
 
+def _raises_within(seconds, fn):
+    """The exception fn raises, run in a thread: a hang fails the test in `seconds`
+    instead of stalling the run (the thread is a daemon, left behind)."""
+    caught = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            caught.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s (a hang)"
+    assert caught, "no exception raised"
+    return caught[0]
+
+
+@pytest.mark.parametrize("bad", ["scale", "shift"])
+def test_parameter_with_a_leading_dim_not_1_is_refused_not_a_hang(bad):
+    # x [T, B, C, H]; a [2, B, C, 1] parameter has more dims than the neurons and
+    # a leading dim of 2: it used to loop on squeeze(0) for ever.
+    x, scale, shift, _ = _case((6, 3, 5, 4), addend=False)  # scale, shift: [C, 1]
+    params = {"scale": scale, "shift": shift}
+    params[bad] = params[bad].expand(2, 3, 5, 1).contiguous()
+    err = _raises_within(10, lambda: lif_affine_multistep(x, params["scale"], params["shift"], decay=0.5,
+                                                          spec=NeuronSpec()))
+    assert isinstance(err, ValueError), repr(err)
+    assert str(err).startswith(f"{bad} must broadcast to the neuron dims x.shape[1:] = (3, 5, 4)")
+    # leading 1s beyond the neuron dims are fine: [1, 1, C, 1] is one per channel
+    want = lif_affine_multistep(x, scale, shift, decay=0.5, spec=NeuronSpec())
+    got = lif_affine_multistep(x, scale[None, None, None], shift[None, None, None], decay=0.5, spec=NeuronSpec())
+    assert torch.equal(got, want)
+
+
 needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()),
                                 reason="no CUDA kernels / GPU")
 
@@ -138,10 +241,10 @@ def test_cuda_matches_cpu(dtype):
         decay = torch.linspace(0.3, 0.8, shape[1]).view(-1, 1)
         gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
         want = ops.lif_affine_forward(x, None, decay, scale, shift, add, *params) + \
-            ops.lif_affine_backward(gs, None, x, None, decay, scale, shift, add, *params, True, True)
+            ops.lif_affine_backward(gs, None, x, None, decay, scale, shift, add, *params, True, True, True)
         c = [t.cuda() for t in (x, decay, scale, shift, add, gs)]
         got = ops.lif_affine_forward(c[0], None, c[1], c[2], c[3], c[4], *params) + \
-            ops.lif_affine_backward(c[5], None, c[0], None, c[1], c[2], c[3], c[4], *params, True, True)
+            ops.lif_affine_backward(c[5], None, c[0], None, c[1], c[2], c[3], c[4], *params, True, True, True)
         for i, (a, b) in enumerate(zip(got, want)):
             tol = 1e-5 if dtype == torch.float32 else 1e-2
             torch.testing.assert_close(a.cpu(), b, rtol=tol, atol=tol, msg=f"output {i}, T={T}")

@@ -161,7 +161,7 @@ def test_opcheck(need_decay_grad):
 
 
 @needs_cpp
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_thread_mapping_per_neuron_decay(dtype):
     # The CUDA threads' code run on the CPU (csrc/lif_threads.h): packed and
     # one-lane threads read their neurons' decays like the CPU kernel does.

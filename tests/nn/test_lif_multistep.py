@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from optional_deps import require
 
 import tcl_fast
 from tcl_fast import _extension
@@ -111,7 +112,7 @@ SJ_SURROGATES = {  # ours -> SpikingJelly's surrogate with the same ds/du
 @pytest.mark.parametrize("decay_input,v_reset,detach_reset",
                          list(itertools.product([True, False], [0.0, None, -0.25], [False, True])))
 def test_matches_spikingjelly_lifnode(surrogate, decay_input, v_reset, detach_reset):
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+    sj = require("spikingjelly.activation_based.neuron")
     from spikingjelly.activation_based import surrogate as sj_surrogate
 
     sj_name, sj_alpha, our_alpha = SJ_SURROGATES[surrogate]

@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 import torch
+from optional_deps import require
 
 import tcl_fast
 from tcl_fast import _extension
@@ -313,7 +314,7 @@ def test_per_channel_state_dict_and_repr():
 
 
 def test_inverse_conversion_refuses_per_channel_plif():
-    pytest.importorskip("spikingjelly")
+    require("spikingjelly")
     net = torch.nn.Sequential(ParametricLIFNode(channels=3))
     with pytest.raises(tcl_fast.ConversionError, match=r"0: a tau per channel \(channels=3\)"):
         tcl_fast.convert_spikingjelly(net, inverse=True)

@@ -29,7 +29,7 @@ def _plif_output_and_tau_grad(backend):
     return x, out, m.w.grad
 
 
-def test_reference_plif_tau_gradient_matches_autograd_of_the_recurrence():
+def test_reference_plif_tau_gradient_matches_finite_differences():
     # The torch backend's tau gradient (the baseline the fused ones are held to)
     # against a finite difference of the loss in w, in float64.
     m = tcl_fast.LIFMultiStep(tau=3.0, surrogate="triangle", learnable_tau=True, v_reset=None,
@@ -37,7 +37,7 @@ def test_reference_plif_tau_gradient_matches_autograd_of_the_recurrence():
     x = (torch.randn(8, 2, 16, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.4).double()
     from tcl_fast.ops.lif import lif_multistep
     # smooth mode: the spike is the surrogate's integral, so a finite difference sees the gradient
-    torch.autograd.gradcheck(
+    assert torch.autograd.gradcheck(
         lambda w: lif_multistep(x, decay=torch.sigmoid(w), v_reset=None, surrogate="triangle",
                                 backend="torch", _smooth=True),
         (m.w.detach().clone().requires_grad_(),))

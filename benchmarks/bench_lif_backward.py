@@ -9,7 +9,9 @@ Calls torch.ops.tcl_fast.lif_forward / lif_backward directly (no autograd),
 median of repeated calls after a warm-up. Freed outputs stay in the heap (the
 warm state a training loop sees; bench_lif.warm_heap), else each fresh 32 MiB
 output pays its page faults on this kind of VM; --cold-heap turns that off.
-Prints a table and writes JSON (default benchmarks/results/local/lif_backward_cpu.json).
+Each dtype's rows start with a plain copy of x (ms and GB/s), the yardstick
+that makes runs on different days comparable. Prints a table and writes JSON
+(default benchmarks/results/local/lif_backward_cpu.json).
 """
 from __future__ import annotations
 
@@ -64,6 +66,13 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         x = (torch.randn(args.T, args.neurons, generator=g) * 1.5 + 0.4).to(dtype)
         grad_s = torch.randn(args.T, args.neurons, generator=g).to(dtype)
+        # The VM's memory bandwidth moves from day to day (and with its
+        # neighbours' load), and these times with it: a plain copy of x, timed
+        # in the same run, is the yardstick that makes two runs comparable.
+        ms = median_ms(lambda: x.clone(), args.repeats)
+        copy_gbs = 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
+        rows.append(dict(dtype=dname, op="copy", surrogate=None, ms=ms, copy_bandwidth_gbs=copy_gbs))
+        print(f"{dname:>9} {'copy':>9} {'-':>10} {ms:>8.2f}   ({copy_gbs:.1f} GB/s)")
         ms = median_ms(lambda: ops.lif_forward(x, None, decay, 1.0, 0.0, True, True, False, 0, 4.0, 0.0, False),
                        args.repeats)
         rows.append(dict(dtype=dname, op="forward", surrogate=None, ms=ms))

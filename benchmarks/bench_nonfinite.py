@@ -25,7 +25,7 @@ import torch
 import _common  # first: puts this checkout's tcl_fast on the path
 from bench_lif import device_name, write_results  # noqa: E402
 
-from tcl_fast.models import build_model  # noqa: E402
+import tcl_fast  # noqa: E402
 from tcl_fast.training.objectives import build_objective  # noqa: E402
 from tcl_fast.training import trainer  # noqa: E402
 from tcl_fast.training.config import TrainConfig  # noqa: E402
@@ -37,22 +37,38 @@ SETUPS = {
 }
 
 
+def _batch(name: str, B: int, in_channels: int, size: int):
+    """The digits model gets a real batch of the training set (augmented, as
+    the trainer's loader gives it); ResNet-19 random CIFAR-sized input."""
+    if name == "small":
+        from tcl_fast.data import build_datasets
+
+        train = build_datasets("digits").train
+        torch.manual_seed(0)
+        items = [train[i] for i in range(B)]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(B, in_channels, size, size, generator=g),
+            torch.randint(0, 10, (B,), generator=g))
+
+
 def _setup(name: str, device: torch.device, batch: int | None, T: int | None):
     s = SETUPS[name]
     cfg = TrainConfig(model=name)
     T = T or s["T"]
     B = batch or s["batch"]
-    model = build_model(name, 10, s["in_channels"], proj_dim=cfg.proj_dim).to(device)
+    # As the trainer builds and runs them: its model builder (LIF backend
+    # "auto", BN fusion per the config), its optimizer and spike packing.
+    model = trainer.build_for_config(cfg, 10, s["in_channels"]).to(device)
     objective = build_objective(cfg.loss, lam=cfg.lam, temperature=cfg.temperature, ce_mode=cfg.ce_mode)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr())
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, s["in_channels"], s["size"], s["size"], generator=g).to(device)
-    y = torch.randint(0, 10, (B,), generator=g).to(device)
+    opt = trainer._optimizer(cfg, model)
+    x, y = (t.to(device) for t in _batch(name, B, s["in_channels"], s["size"]))
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
     def step():
-        loss, _, _ = trainer._forward(model, objective, x, y, T)
+        with tcl_fast.pack_spikes(cfg.pack_spikes):
+            loss, _, _ = trainer._forward(model, objective, x, y, T)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,6 +1,6 @@
 """SpikingJelly zoo models built small for CPU tests, shared by the zoo parity
 tests (tests/nn/test_spikingjelly_zoo.py) and the BN-fusion tests
-(tests/test_convert_fuse.py). Import after ``pytest.importorskip("spikingjelly...")``.
+(tests/test_convert_fuse.py). Import after ``optional_deps.require("spikingjelly...")``.
 Each builder returns ``(model, input height/width)``."""
 from __future__ import annotations
 

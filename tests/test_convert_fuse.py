@@ -14,7 +14,9 @@ from torch import nn
 import tcl_fast
 from tcl_fast.nn import bn_lif
 
-sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+from optional_deps import require  # noqa: E402
+
+sj_neuron = require("spikingjelly.activation_based.neuron")
 from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
 import sj_zoo  # noqa: E402  (tests/sj_zoo.py: the zoo models, small)
 
@@ -177,14 +179,23 @@ def _small(step_mode="m", **node_kwargs):
     return net
 
 
+def _assert_left_alone(model):
+    """fuse_bn_lif warns that it found nothing exact to fuse and returns the
+    very model it got, its class and forward unchanged."""
+    cls, forward = type(model), type(model).forward
+    with pytest.warns(UserWarning, match=r"no multi-step BatchNorm -> tcl_fast neuron block in "
+                                          rf"{cls.__name__}; the model is unchanged"):
+        out = tcl_fast.fuse_bn_lif(model)
+    assert out is model and type(out) is cls and type(out).forward is forward
+    assert getattr(type(out), "bn_lif_blocks", None) is None
+    return out
+
+
 def test_left_alone_where_not_exact():
-    with pytest.warns(UserWarning, match="no multi-step BatchNorm"):
-        single = tcl_fast.fuse_bn_lif(_small("s"))  # per-step statistics: not T*B
+    single = _assert_left_alone(_small("s"))  # per-step statistics: not T*B
     assert type(single) is nn.Sequential
-    with pytest.warns(UserWarning):
-        tcl_fast.fuse_bn_lif(_small(store_v_seq=True))  # bn_lif records no v_seq
-    with pytest.warns(UserWarning):  # SpikingJelly's own neurons: convert first
-        tcl_fast.fuse_bn_lif(_sj_if())
+    _assert_left_alone(_small(store_v_seq=True))  # bn_lif records no v_seq
+    _assert_left_alone(_sj_if())  # SpikingJelly's own neurons: convert first
 
     class TwoUsers(nn.Module):  # the BN output also goes elsewhere: it must be kept
         def __init__(self):
@@ -195,8 +206,9 @@ def test_left_alone_where_not_exact():
             z = self.bn(x)
             return self.sn(z) + z
 
-    with pytest.warns(UserWarning):
-        tcl_fast.fuse_bn_lif(TwoUsers())
+    _assert_left_alone(TwoUsers())
+    # The same block with one user fuses: what was refused above was the second user.
+    assert len(tcl_fast.fuse_bn_lif(_small()).bn_lif_blocks) == 1
 
 
 def _sj_if():

@@ -42,13 +42,15 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 2])
 
 
 def _contrast_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """tcl_loss, or the naive TCL formula if tcl_fast.losses does not import."""
-    try:
-        from tcl_fast.losses import tcl_loss
-    except ImportError:
-        tcl_loss = None
-    if tcl_loss is not None:
-        return tcl_loss(features, labels, temperature=0.1)
+    """The library's tcl_loss, imported unconditionally in the workers and the
+    reference alike: a tcl_fast.losses that does not import fails the test."""
+    from tcl_fast.losses import tcl_loss
+
+    return tcl_loss(features, labels, temperature=0.1)
+
+
+def _naive_tcl_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The TCL formula over the full [T*B, T*B] matrix, written out here."""
     t, b, d = features.shape
     z = nn.functional.normalize(features.reshape(t * b, d), dim=1)
     y = labels.repeat(t)
@@ -58,6 +60,13 @@ def _contrast_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     log_prob = logits - torch.logsumexp(logits.masked_fill(eye, float("-inf")), 1, keepdim=True)
     per_anchor = -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1) / pos.sum(1)
     return per_anchor[pos.any(1)].mean()
+
+
+def test_contrast_loss_is_the_tcl_formula():
+    # What the distributed tests compare is the real loss, and it is TCL's.
+    x, y = _make_batch(6)
+    feats = _make_model()(x)
+    torch.testing.assert_close(_contrast_loss(feats, y), _naive_tcl_loss(feats, y), rtol=1e-10, atol=1e-12)
 
 
 def _make_model() -> nn.Module:

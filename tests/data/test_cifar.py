@@ -87,7 +87,7 @@ def test_cifar10_reads_release_format(tmp_path):
 
 
 def test_cifar10_two_views_augment_train_only(tmp_path):
-    write_cifar10(tmp_path)
+    written = write_cifar10(tmp_path)
     b = build_datasets("cifar10", tmp_path, two_views=True)
     torch.manual_seed(0)
     pairs = [b.train[i] for i in range(10)]
@@ -97,8 +97,14 @@ def test_cifar10_two_views_augment_train_only(tmp_path):
     torch.manual_seed(0)
     again = [b.train[i] for i in range(10)]
     assert all(torch.equal(a[0][0], c[0][0]) and torch.equal(a[0][1], c[0][1]) for a, c in zip(pairs, again))
-    x, _ = b.test[0]
-    assert isinstance(x, torch.Tensor) and torch.equal(x, b.test[0][0])
+    # Test items are the stored pixels, normalised, unshifted and unflipped, at any random state.
+    data, _ = written["test_batch"]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        for i in range(5):
+            x, _ = b.test[i]
+            assert isinstance(x, torch.Tensor)
+            torch.testing.assert_close(x, _expected(data[i], CIFAR10_MEAN, CIFAR10_STD))
 
 
 def test_cifar100_reads_release_format(tmp_path):

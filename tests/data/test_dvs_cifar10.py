@@ -11,13 +11,7 @@ from torch.utils.data import DataLoader
 from tcl_fast.data import build_datasets
 from tcl_fast.data.dvs_cifar10 import CLASSES, decode_cifar10dvs_address, events_to_frames
 
-try:
-    import tonic.io  # noqa: F401
-
-    HAVE_TONIC = True
-except ImportError:
-    HAVE_TONIC = False
-needs_tonic = pytest.mark.skipif(not HAVE_TONIC, reason="tonic is not installed (optional dependency)")
+from optional_deps import require  # tonic: skip here when missing, fail under CI=true
 
 
 # ----------------------------------------------------------------------------- writers
@@ -119,8 +113,8 @@ def test_events_to_frames_edge_cases():
 
 # ----------------------------------------------------------------------------- event layout
 
-@needs_tonic
 def test_event_files_end_to_end(tmp_path):
+    require("tonic.io")
     write_event_dataset(tmp_path)
     b = build_datasets("dvs-cifar10", tmp_path, frames=FRAMES, augment=False)
     assert (b.num_classes, b.in_channels, b.image_size, b.time_steps) == (10, 2, 48, FRAMES)
@@ -139,8 +133,8 @@ def test_event_files_end_to_end(tmp_path):
             assert abs(c - scaled(col)) <= 1 and abs(r - scaled(32 + 4 * label)) <= 1
 
 
-@needs_tonic
 def test_event_files_in_spikingjelly_extract_folder(tmp_path):
+    require("tonic.io")
     write_event_dataset(tmp_path / "extract", names=("a", "b"))
     b = build_datasets("dvs-cifar10", tmp_path, frames=2)
     assert (len(b.train), len(b.test)) == (10, 10)  # 2 * 9 // 10 = 1 train per class
@@ -148,8 +142,8 @@ def test_event_files_in_spikingjelly_extract_folder(tmp_path):
     assert x.shape == (2, 2, 48, 48) and y == 3
 
 
-@needs_tonic
 def test_corrupt_event_file_names_path(tmp_path):
+    require("tonic.io")
     write_event_dataset(tmp_path, names=("a",))
     bad = tmp_path / "cat" / "a.aedat"
     bad.write_bytes(b"\x00\x01\x02\x03garbage!")
@@ -169,7 +163,7 @@ def test_missing_tonic_gives_clear_error(tmp_path, monkeypatch):
 def test_aedat4_files_go_through_tonic_reader(tmp_path, monkeypatch):
     # Writing AEDAT 4 (flatbuffers + LZ4) is out of scope; this checks our handling of
     # what tonic.io.read_aedat4 returns for the re-released files (fields t, x, y, on).
-    tonic_io = pytest.importorskip("tonic.io")
+    tonic_io = require("tonic.io")
     for cls in CLASSES:
         (tmp_path / "CIFAR10DVS" / cls).mkdir(parents=True)
         (tmp_path / "CIFAR10DVS" / cls / "s.aedat4").write_bytes(b"")
@@ -204,12 +198,17 @@ def test_npz_frames_read_back_exactly(tmp_path):
 
 
 def test_npz_frames_are_resized_to_48(tmp_path):
+    # 128x128 frames become torchvision's antialiased bilinear Resize((48, 48))
+    # of the stored counts (the test item of a class is its last file, "1.npz").
+    resize = require("torchvision.transforms.v2.functional").resize
     root = tmp_path / f"frames_number_{FRAMES}_split_by_number"
-    write_frame_dataset(root, size=128, per_class=2)
+    stored = write_frame_dataset(root, size=128, per_class=2)
     b = build_datasets("dvs-cifar10", tmp_path, frames=FRAMES)
-    x, _ = b.test[0]
-    assert x.shape == (FRAMES, 2, 48, 48)
-    assert x.mean() > 0
+    for label in (0, 6):
+        x, y = b.test[label]
+        assert y == label and x.shape == (FRAMES, 2, 48, 48)
+        want = resize(torch.from_numpy(stored[(CLASSES[label], 1)]), [48, 48], antialias=True)
+        torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
 
 
 def test_npz_frame_count_mismatch(tmp_path):

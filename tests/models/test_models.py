@@ -63,15 +63,30 @@ def test_static_input_equals_repeated_time_first_input():
 _BACKENDS = [b for b in ("torch", "cpp", "triton") if backend_available(b, torch.device("cpu"))]
 
 
-@pytest.mark.parametrize("backend", _BACKENDS)
+def _logits_and_grads(model, x):
+    out = model(x, T=3)
+    weight = torch.randn(out.logits.shape, generator=torch.Generator().manual_seed(1))
+    (out.logits * weight).sum().backward()
+    return out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("backend", [b for b in _BACKENDS if b != "torch"])
 def test_every_available_cpu_backend_runs_and_agrees(backend):
     ref = _build("small", "torch")
     model = _build("small", backend)
     model.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 1, 8, 8)
-    out, out_ref = model(x, T=3), ref(x, T=3)
-    torch.testing.assert_close(out.logits, out_ref.logits, rtol=1e-4, atol=1e-4)
-    out.logits.sum().backward()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    logits, grads = _logits_and_grads(model, x)
+    logits_ref, grads_ref = _logits_and_grads(ref, x)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == grads_ref.keys()
+    for name, g_ref in grads_ref.items():
+        g = grads[name]
+        assert (g is None) == (g_ref is None), name
+        if g_ref is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    first_conv = next(n for n, p in ref.named_parameters() if p.dim() == 4)
+    assert grads_ref[first_conv].abs().sum() > 0  # the gradient got through every LIF layer
 
 
 def test_lif_kwargs_reach_every_neuron():
@@ -84,7 +99,13 @@ def test_lif_kwargs_reach_every_neuron():
 def test_batch_of_one_with_one_step_trains():
     model = _build("small")
     out = model(torch.randn(1, 1, 8, 8), T=1)  # projection BN cannot use batch stats here
-    out.features.sum().backward()
+    (out.features.sum() + out.logits.sum()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, f"no gradient for {missing}"
+    bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
+    assert not bad, f"non-finite gradient in {bad}"
+    assert any(g.abs().sum() > 0 for g in grads.values())
 
 
 def test_input_errors_are_clear():

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import pytest
 import torch
+from optional_deps import require
 
 import tcl_fast
 from tcl_fast import _extension
@@ -14,17 +16,44 @@ from tcl_fast.ops.lif_reference import lif_multistep_reference
 BACKENDS = [b for b in ("torch", "cpp", "triton") if tcl_fast.ops.lif.backend_available(b, torch.device("cpu"))]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_module_matches_functional_and_learns_tau(backend):
+FUSED_BACKENDS = [b for b in BACKENDS if b != "torch"]
+
+
+def _plif_output_and_tau_grad(backend):
     m = tcl_fast.LIFMultiStep(tau=3.0, surrogate="triangle", learnable_tau=True, v_reset=None,
                               backend=backend)
     x = torch.randn(8, 2, 16, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.4
+    grad_out = torch.randn(8, 2, 16, generator=torch.Generator().manual_seed(1))
     out = m(x)
-    ref, _ = lif_multistep_reference(x, None, torch.sigmoid(m.w.detach()), 1.0, None, True, False,
-                                     "triangle", None)
+    (out * grad_out).sum().backward()
+    return x, out, m.w.grad
+
+
+def test_reference_plif_tau_gradient_matches_finite_differences():
+    # The torch backend's tau gradient (the baseline the fused ones are held to)
+    # against a finite difference of the loss in w, in float64.
+    m = tcl_fast.LIFMultiStep(tau=3.0, surrogate="triangle", learnable_tau=True, v_reset=None,
+                              backend="torch").double()
+    x = (torch.randn(8, 2, 16, generator=torch.Generator().manual_seed(0)) * 1.5 + 0.4).double()
+    from tcl_fast.ops.lif import lif_multistep
+    # smooth mode: the spike is the surrogate's integral, so a finite difference sees the gradient
+    assert torch.autograd.gradcheck(
+        lambda w: lif_multistep(x, decay=torch.sigmoid(w), v_reset=None, surrogate="triangle",
+                                backend="torch", _smooth=True),
+        (m.w.detach().clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_module_matches_functional_and_learns_tau(backend):
+    x, out, w_grad = _plif_output_and_tau_grad(backend)
+    w = torch.tensor(-math.log(3.0 - 1.0))
+    ref, _ = lif_multistep_reference(x, None, torch.sigmoid(w), 1.0, None, True, False, "triangle", None)
     assert torch.equal(out, ref)
-    (out * torch.randn_like(out)).sum().backward()
-    assert m.w.grad is not None and m.w.grad.abs() > 0
+    assert 0 < out.sum() < out.numel()  # some spikes, not all: the surrogate sees both sides
+    # The tau gradient equals the reference backend's (a sum over every neuron and step).
+    _, _, w_grad_ref = _plif_output_and_tau_grad("torch")
+    assert w_grad_ref.abs() > 1e-3
+    torch.testing.assert_close(w_grad, w_grad_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_repr_names_every_setting():
@@ -35,10 +64,21 @@ def test_repr_names_every_setting():
 
 
 @pytest.mark.skipif(not _extension.has_cpp(), reason="tcl_fast._C not built")
-def test_auto_backend_uses_cpp_without_warning():
+def test_auto_backend_uses_cpp_without_warning(monkeypatch):
+    from tcl_fast.ops import lif as lif_ops
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        assert lif_ops.resolve_backend("auto", torch.device("cpu"), dtype) == "cpp"
+    # The fallback warning is given once per process: forget earlier ones, so
+    # that a fallback here warns (and fails) whatever ran before this test.
+    monkeypatch.setattr(lif_ops, "_warned_fallback", set())
+    calls = []
+    kernel = lif_ops._lif_op
+    monkeypatch.setattr(lif_ops, "_lif_op", lambda *a: calls.append(a[0].device) or kernel(*a))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tcl_fast.LIFMultiStep()(torch.randn(3, 4))
+    assert calls == [torch.device("cpu")]  # the module ran the C++ op, once
 
 
 def test_explicit_unavailable_backend_raises():
@@ -72,7 +112,7 @@ SJ_SURROGATES = {  # ours -> SpikingJelly's surrogate with the same ds/du
 @pytest.mark.parametrize("decay_input,v_reset,detach_reset",
                          list(itertools.product([True, False], [0.0, None, -0.25], [False, True])))
 def test_matches_spikingjelly_lifnode(surrogate, decay_input, v_reset, detach_reset):
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+    sj = require("spikingjelly.activation_based.neuron")
     from spikingjelly.activation_based import surrogate as sj_surrogate
 
     sj_name, sj_alpha, our_alpha = SJ_SURROGATES[surrogate]

@@ -13,7 +13,9 @@ import torch
 
 import tcl_fast
 
-snntorch = pytest.importorskip("snntorch", reason="snntorch not installed")
+from optional_deps import require  # noqa: E402  (skips here when missing, fails under CI=true)
+
+snntorch = require("snntorch")
 from snntorch import surrogate as sn_surrogate  # noqa: E402
 
 SURROGATES = {"atan": (sn_surrogate.atan, 2.0), "sigmoid": (sn_surrogate.sigmoid, 25.0),

@@ -9,7 +9,9 @@ import torch
 import tcl_fast
 from tcl_fast.nn import IFNode, LIFMultiStep, LIFNode, ParametricLIFNode
 
-sj = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+from optional_deps import require  # noqa: E402  (skips here when missing, fails under CI=true)
+
+sj = require("spikingjelly.activation_based.neuron")
 from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
 
 

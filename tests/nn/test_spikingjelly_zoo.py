@@ -15,7 +15,9 @@ import torch
 
 import tcl_fast
 
-sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+from optional_deps import require  # noqa: E402  (skips here when missing, fails under CI=true)
+
+sj_neuron = require("spikingjelly.activation_based.neuron")
 from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
 import sj_zoo  # noqa: E402  (tests/sj_zoo.py: the zoo models, small)
 

@@ -75,6 +75,12 @@ def test_gradcheck_smooth_mode(addend):
 
     inputs = [t.clone().requires_grad_() for t in (x, v0, decay, scale, shift)] + (
         [add.clone().requires_grad_()] if addend else [])
+    # The kernel's smooth forward is the reference's smooth LIF of the affine
+    # input; the gradcheck then checks the backward against that forward.
+    z = x * scale + shift + (add if addend else 0)
+    want = lif_multistep(z, v0, decay=decay, alpha=2.0, backend="torch", _smooth=True, return_v=True)
+    for got, ref in zip(f(*inputs), want):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(f, tuple(inputs))
 
 

@@ -116,29 +116,45 @@ def _is_spikes(x: torch.Tensor) -> bool:
         return bool((x.eq(1) | (x.eq(0) & ~x.signbit())).all())
 
 
-def _run_checkpointed(module: nn.Module, forward, x: torch.Tensor):
+def _run_checkpointed(module: nn.Module, forward, *inputs: torch.Tensor):
+    """``forward(*inputs)`` checkpointed: each 0/1 input kept as bits, the others as they are."""
     before = _capture(module)
     first = [True]
 
-    def run(block_input):
+    def run(*block_inputs):
         if first[0]:
             first[0] = False
-            return forward(block_input)
+            return forward(*block_inputs)
         after = _capture(module)  # the state the step left; put back once recomputed
         _restore(before)
         try:
-            return forward(block_input)
+            return forward(*block_inputs)
         finally:
             _restore(after)
 
-    if _is_spikes(x):
-        bits = pack_bits(x.detach())
-        link = _Link.apply(x) if x.requires_grad else x.new_zeros(()).expand_as(x)
-        shape, dtype = x.shape, x.dtype
-        del x
-        return checkpoint(lambda b, lk: run(_Restore.apply(b, lk, shape, dtype)), bits, link,
-                          use_reentrant=False, preserve_rng_state=True)
-    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=True)
+    args, rebuild = [], []
+    for x in inputs:
+        if _is_spikes(x):
+            link = _Link.apply(x) if x.requires_grad else x.new_zeros(()).expand_as(x)
+            args += [pack_bits(x.detach()), link]
+            rebuild.append((x.shape, x.dtype))
+        else:
+            args.append(x)
+            rebuild.append(None)
+    del inputs, x
+
+    def unpacked(*flat):
+        xs, i = [], 0
+        for how in rebuild:
+            if how is None:
+                xs.append(flat[i])
+                i += 1
+            else:
+                xs.append(_Restore.apply(flat[i], flat[i + 1], *how))
+                i += 2
+        return run(*xs)
+
+    return checkpoint(unpacked, *args, use_reentrant=False, preserve_rng_state=True)
 
 
 def _should_checkpoint(module: nn.Module, args, kwargs) -> bool:
@@ -170,6 +186,11 @@ def _block_forward(self, *args, **kwargs):
     base_forward = super(type(self), self).forward
     if not _should_checkpoint(self, args, kwargs):
         return base_forward(*args, **kwargs)
+    halves = getattr(self, "checkpoint_halves", None)
+    if halves is not None:  # two spike boundaries inside: recompute half a block at a time
+        first, second = halves()
+        s = _run_checkpointed(self, first, args[0])
+        return _run_checkpointed(self, second, s, args[0])
     return _run_checkpointed(self, base_forward, args[0])
 
 

@@ -286,15 +286,15 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-row", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     ap.add_argument("--peak-tmp", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.hw is not None:
+        for k, (shape, static, ncls) in list(MODELS.items()):
+            MODELS[k] = ((shape[0], args.hw, args.hw), static, ncls)
     if args.peak_row:
         return peak_child(args)
     if args.peak:
         return peak_main(args, argv)
 
     device = torch.device(args.device)
-    if args.hw is not None:
-        for k, (shape, static, ncls) in list(MODELS.items()):
-            MODELS[k] = ((shape[0], args.hw, args.hw), static, ncls)
     out_path = _common.output_path(args.out, f"train_step_{device.type}.json")
     time_batch = args.time_batch or (2 if device.type == "cpu" else args.batch)
     time_T = args.time_T if args.time_T is not None else (args.T[:1] if device.type == "cpu" else args.T)
@@ -461,9 +461,6 @@ def peak_main(args, argv) -> int:
     import subprocess
     import tempfile
     device = torch.device(args.device)
-    if args.hw is not None:
-        for k, (shape, static, ncls) in list(MODELS.items()):
-            MODELS[k] = ((shape[0], args.hw, args.hw), static, ncls)
     out_path = _common.output_path(args.out, f"train_step_peak_{device.type}.json")
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{_common.cpu_model()} ({args.threads} threads)")
@@ -488,23 +485,24 @@ def peak_main(args, argv) -> int:
                     continue
                 row = dict(model=model_name, T=args.T[0], config=cfg, batch=args.batch, **json.loads(line[9:]))
                 by_cfg[cfg] = row
-                grads = lambda c: os.path.join(tmp, f"{model_name}_{c}.pt")  # noqa: E731
+                rows.append(row)
+                _write_peak(out_path, rows, name, device, argv, args)  # a stopped run keeps its rows
+                print(f"# {model_name} {cfg}: peak {row['peak_bytes'] / 2**20:.1f} MiB, step {row['step_ms']:.0f} ms",
+                      flush=True)
+            grads = lambda c: os.path.join(tmp, f"{model_name}_{c}.pt")  # noqa: E731
+            for cfg, row in by_cfg.items():  # ratios and gradient checks once every row is in
+                for ref_name, key in (("plain", "plain"), ("sj+memopt1", "memopt1")):
+                    if ref_name in by_cfg:
+                        row[f"peak_vs_{key}"] = row["peak_bytes"] / by_cfg[ref_name]["peak_bytes"]
+                        row[f"time_vs_{key}"] = row["step_ms"] / by_cfg[ref_name]["step_ms"]
                 if "plain" in by_cfg:
-                    p = by_cfg["plain"]
-                    row["peak_vs_plain"] = row["peak_bytes"] / p["peak_bytes"]
-                    row["time_vs_plain"] = row["step_ms"] / p["step_ms"]
                     row["grads_equal_plain"], row["grads_max_rel_diff_plain"] = _grad_diff(grads(cfg), grads("plain"))
                 ref = _CKPT_REFERENCE.get(cfg)
                 if ref in by_cfg:
                     row["grads_reference"] = ref
                     row["grads_equal_reference"], _ = _grad_diff(grads(cfg), grads(ref))
-                if "sj+memopt1" in by_cfg:
-                    m = by_cfg["sj+memopt1"]
-                    row["peak_vs_memopt1"] = row["peak_bytes"] / m["peak_bytes"]
-                    row["time_vs_memopt1"] = row["step_ms"] / m["step_ms"]
-                rows.append(row)
-                _write_peak(out_path, rows, name, device, argv, args)
                 _print_peak_row(row)
+            _write_peak(out_path, rows, name, device, argv, args)
     print(f"# wrote {out_path}")
     return 0
 

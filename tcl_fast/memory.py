@@ -282,7 +282,7 @@ def memory_blocks(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "memory_blocks", ()))
 
 
-def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = "auto", pack: bool = True) -> nn.Module:
+def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = False, pack: bool = True) -> nn.Module:
     """Checkpoint ``model``'s spiking blocks at their spike boundaries, in place; returns ``model``.
 
     Blocks are found without a list from you: every module that holds a neuron
@@ -299,7 +299,10 @@ def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = "auto", pack: boo
     ``fuse_bn`` also runs BN -> neuron pairs through ``bn_lif``: ``"auto"``
     (BN inside the LIF kernel where it applies: equal to the unfused model up
     to float rounding, with or without checkpointing), ``"recompute"``
-    (bit-identical to the unfused model on CPU), or ``False`` (leave as is).
+    (bit-identical to the unfused model on CPU), or ``False`` (the default:
+    leave the model as it is). Inside a checkpointed block fusion only shapes
+    the short-lived recompute, and there it measured a higher step peak and a
+    slower step than checkpointing alone (ResNet-19, docs/memory.md).
     tcl_fast models use ``set_bn_fusion``; a converted SpikingJelly model has
     each block fused by ``fuse_bn_lif`` (its stem and Sequential stacks stay
     unfused). ``pack=True`` runs the model's forward under

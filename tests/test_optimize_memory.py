@@ -92,6 +92,16 @@ def test_recompute_fusion_equals_the_untouched_model():
     _same(plain, opt, _tcl_forward())
 
 
+def test_cpu_autocast_bfloat16():
+    plain, opt = _build("vggsnn"), tcl_fast.optimize_memory(_build("vggsnn"))
+    forward = _tcl_forward()
+
+    def run(m, step):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(m, step).float()
+    _same(plain, opt, run)
+
+
 def test_state_dict_keys_and_loading_unchanged():
     plain, opt = _build("resnet19"), tcl_fast.optimize_memory(_build("resnet19"))
     assert list(plain.state_dict()) == list(opt.state_dict())

@@ -28,6 +28,17 @@ Per row:
 * ``max_batch`` (CUDA only, ``--budget-gib``): the largest batch (doubling,
   then bisection) whose step peaks under the budget.
 
+``--peak`` measures instead the peak of one whole step (forward, backward with
+any recompute, SGD step), each row in a fresh process (``PEAK_CONFIGS``: SpikingJelly
+as it is and with its ``memopt.optimize_memory`` level 1, tcl_fast plain, + pack,
++ fuse, + checkpoint (``tcl_fast.optimize_memory``), all of them): on CPU the
+growth of the resident set over the step above the set before it (VmHWM after
+``/proc/self/clear_refs`` = 5; glibc's mmap threshold pinned by
+MALLOC_MMAP_THRESHOLD_ so freed tensors leave it), on CUDA
+``max_memory_allocated`` above the allocation before it. Gradients of the first
+step are compared with plain's (and checkpointed rows with the same row without
+checkpointing): bit-identical or the largest difference.
+
 CPU timings on a shared machine are noisy: medians, and say so. Results: a
 table on stdout, JSON to --out (default benchmarks/results/local/train_step_<device>.json,
 rewritten after every row, so an interrupted run keeps its rows).
@@ -269,12 +280,21 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-T", type=int, default=6)
     ap.add_argument("--hw", type=int, default=None, help="override the input height/width (tests: shrink)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/local/train_step_<device>.json)")
+    ap.add_argument("--peak", action="store_true", help="whole-step peak per row, each in a fresh process")
+    ap.add_argument("--peak-configs", nargs="+", default=list(PEAK_CONFIGS), choices=list(PEAK_CONFIGS))
+    ap.add_argument("--threads", type=int, default=1, help="--peak: torch threads per row")
+    ap.add_argument("--peak-row", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--peak-tmp", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
-    device = torch.device(args.device)
     if args.hw is not None:
         for k, (shape, static, ncls) in list(MODELS.items()):
             MODELS[k] = ((shape[0], args.hw, args.hw), static, ncls)
+    if args.peak_row:
+        return peak_child(args)
+    if args.peak:
+        return peak_main(args, argv)
+
+    device = torch.device(args.device)
     out_path = _common.output_path(args.out, f"train_step_{device.type}.json")
     time_batch = args.time_batch or (2 if device.type == "cpu" else args.batch)
     time_T = args.time_T if args.time_T is not None else (args.T[:1] if device.type == "cpu" else args.T)
@@ -316,6 +336,196 @@ def main(argv=None) -> int:
                 _print_row(row)
     print(f"# wrote {out_path}")
     return 0
+
+
+# -------------------------------------------------------- whole-step peak ----
+PEAK_CONFIGS = ("sj", "sj+memopt1", "plain", "pack", "fuse", "ckpt", "all")
+# Checkpointed rows are compared bit for bit with the same options without checkpointing.
+_CKPT_REFERENCE = {"ckpt": "plain", "all": "fuse"}
+MMAP_THRESHOLD = str(64 * 1024)
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class _Pair(nn.Sequential):
+    """conv(-BN) then neuron: the block SpikingJelly's memopt checkpoints in a VGG."""
+
+
+def _sj_memopt(model, targets, example):
+    from spikingjelly.activation_based import memopt
+    return memopt.optimize_memory(model, targets, example, level=1)
+
+
+def peak_variant(name, cfg, T, device, x):
+    """The model for one --peak row, built from seed 0 (every row starts from the same weights)."""
+    shape, static, ncls = MODELS[name]
+    torch.manual_seed(0)
+    if name == "sj_resnet18":
+        from spikingjelly.activation_based.model import spiking_resnet
+        base = sj_zoo_resnet18(ncls).to(device)
+        if cfg.startswith("sj"):
+            runner = Runner(base, False, static, T, zoo=True)
+            if cfg == "sj+memopt1":
+                _sj_memopt(base, (spiking_resnet.BasicBlock,), lambda m: runner.forward(x))
+            return runner
+        m = tcl_fast.convert_spikingjelly(base, backend="auto")
+    else:
+        kw = {"final_hw": 3} if name == "vggsnn" else {}
+        base = build_model(name, ncls, shape[0], **kw).to(device)
+        if cfg.startswith("sj"):
+            m = swap_neurons(base, SJLIF).to(device)
+            runner = Runner(m, False, static, T)
+            if cfg == "sj+memopt1":
+                from tcl_fast.models.resnet import BasicBlock
+                if name == "vggsnn":  # pair each conv-BN with its neuron, as memopt's VGG example does
+                    mods, grouped, i = list(m.body), [], 0
+                    while i < len(mods):
+                        if i + 1 < len(mods) and isinstance(mods[i + 1], SJLIF) and i > 0:
+                            grouped.append(_Pair(mods[i], mods[i + 1]))
+                            i += 2
+                        else:
+                            grouped.append(mods[i])
+                            i += 1
+                    m.body = nn.Sequential(*grouped)
+                _sj_memopt(m, (BasicBlock, _Pair), lambda mm: runner.forward(x))
+            return runner
+        m = base
+    zoo = name == "sj_resnet18"
+    fuse = cfg in ("fuse", "all")
+    if cfg == "ckpt":
+        tcl_fast.optimize_memory(m, fuse_bn=False, pack=False)
+    elif cfg == "all":
+        tcl_fast.optimize_memory(m, fuse_bn="auto", pack=True)
+    elif fuse and zoo:
+        tcl_fast.fuse_bn_lif(m)
+    elif fuse:
+        set_bn_fusion(m, True)
+    return Runner(m, cfg in ("pack", "all"), static, T, zoo=zoo)
+
+
+def peak_child(args) -> int:
+    """One --peak row in this (fresh) process: prints a JSON line, saves first-step gradients."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name, cfg = args.peak_row
+    T = args.T[0]
+    x, y = make_input(name, args.batch, T, device)
+    runner = peak_variant(name, cfg, T, device, x)
+    opt = torch.optim.SGD(runner.model.parameters(), lr=1e-3, momentum=0.9)
+    import gc
+    peaks, times = [], []
+    for i in range(args.repeats + 1):
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            base = _status_kib("VmRSS") * 1024
+        t0 = time.perf_counter()
+        runner.loss(x, y).backward()
+        if i == 0:  # the first step's gradients, before any update: compared across rows
+            torch.save([p.grad for p in runner.model.parameters()], os.path.join(args.peak_tmp, f"{name}_{cfg}.pt"))
+        opt.step()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else _status_kib("VmHWM") * 1024) - base
+        if i:  # the first step creates the momentum buffers and warms up
+            peaks.append(peak)
+            times.append(dt)
+    print("PEAK_ROW " + json.dumps(dict(peak_bytes=max(peaks), peak_bytes_all=peaks, step_ms=1e3 * statistics.median(times),
+                                        step_ms_all=[1e3 * t for t in times])), flush=True)
+    return 0
+
+
+def _grad_diff(a_path, b_path):
+    a, b = torch.load(a_path), torch.load(b_path)
+    if len(a) != len(b) or any(u is None or v is None or u.shape != v.shape for u, v in zip(a, b)):
+        return None, None
+    equal = all(torch.equal(u, v) for u, v in zip(a, b))
+    rel = max(((u - v).abs().max() / v.abs().max().clamp_min(1e-30)).item() for u, v in zip(a, b))
+    return equal, rel
+
+
+def peak_main(args, argv) -> int:
+    import subprocess
+    import tempfile
+    device = torch.device(args.device)
+    out_path = _common.output_path(args.out, f"train_step_peak_{device.type}.json")
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{_common.cpu_model()} ({args.threads} threads)")
+    print(f"# {name}, torch {torch.__version__}; whole-step peak at batch {args.batch}, T {args.T[0]}, "
+          f"max over {args.repeats} steps after one warm-up, each row a fresh process")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name in args.models:
+            by_cfg = {}
+            for cfg in args.peak_configs:
+                if cfg.startswith("sj") and _sj() is None:
+                    print(f"# spikingjelly not installed: {model_name} {cfg} skipped")
+                    continue
+                cmd = [sys.executable, os.path.abspath(__file__), "--peak-row", model_name, cfg, "--device", args.device,
+                       "--T", str(args.T[0]), "--batch", str(args.batch), "--repeats", str(args.repeats),
+                       "--threads", str(args.threads), "--peak-tmp", tmp] + (["--hw", str(args.hw)] if args.hw else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_ROW ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(f"# {model_name} {cfg} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+                    continue
+                row = dict(model=model_name, T=args.T[0], config=cfg, batch=args.batch, **json.loads(line[9:]))
+                by_cfg[cfg] = row
+                rows.append(row)
+                _write_peak(out_path, rows, name, device, argv, args)  # a stopped run keeps its rows
+                print(f"# {model_name} {cfg}: peak {row['peak_bytes'] / 2**20:.1f} MiB, step {row['step_ms']:.0f} ms",
+                      flush=True)
+            grads = lambda c: os.path.join(tmp, f"{model_name}_{c}.pt")  # noqa: E731
+            for cfg, row in by_cfg.items():  # ratios and gradient checks once every row is in
+                for ref_name, key in (("plain", "plain"), ("sj+memopt1", "memopt1")):
+                    if ref_name in by_cfg:
+                        row[f"peak_vs_{key}"] = row["peak_bytes"] / by_cfg[ref_name]["peak_bytes"]
+                        row[f"time_vs_{key}"] = row["step_ms"] / by_cfg[ref_name]["step_ms"]
+                if "plain" in by_cfg:
+                    row["grads_equal_plain"], row["grads_max_rel_diff_plain"] = _grad_diff(grads(cfg), grads("plain"))
+                ref = _CKPT_REFERENCE.get(cfg)
+                if ref in by_cfg:
+                    row["grads_reference"] = ref
+                    row["grads_equal_reference"], _ = _grad_diff(grads(cfg), grads(ref))
+                _print_peak_row(row)
+            _write_peak(out_path, rows, name, device, argv, args)
+    print(f"# wrote {out_path}")
+    return 0
+
+
+def _write_peak(out_path, rows, name, device, argv, args):
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = f"{out_path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(benchmark="train_step_peak", device=name, device_type=device.type, torch=torch.__version__,
+                       date=_common.utc_now(), command=_common.command_line("bench_train_step.py", argv),
+                       measure=("max_memory_allocated above the step's start" if device.type == "cuda" else
+                                "VmHWM after clear_refs=5 minus VmRSS at the step's start, "
+                                f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"),
+                       threads=args.threads, hw=args.hw, batch=args.batch, repeats=args.repeats, rows=rows), f, indent=1)
+    os.replace(tmp, out_path)
+
+
+def _print_peak_row(r):
+    eq = r.get("grads_equal_reference", r.get("grads_equal_plain"))
+    print(f"{r['model']:<12} T={r['T']:<3} {r['config']:<11} peak {r['peak_bytes'] / 2**20:8.1f} MiB"
+          f"  x plain {_fmt(r.get('peak_vs_plain'), '.3f'):>6}  x memopt1 {_fmt(r.get('peak_vs_memopt1'), '.3f'):>6}"
+          f"  step {r['step_ms']:7.0f} ms  x plain {_fmt(r.get('time_vs_plain'), '.2f'):>5}"
+          f"  grads bit-equal {r.get('grads_reference', 'plain')}: {eq}", flush=True)
 
 
 def _write(out_path, rows, name, device, argv, args, time_batch):

@@ -28,7 +28,7 @@
 # Logs + JSON go to OUTDIR (at most 8 files, so a lent machine can return them
 # all). Wheels placed in ./.whl (e.g. spikingjelly for side-by-side numbers)
 # are installed first, offline. Each stage has its own time limit (T_BUILD,
-# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_STEP, T_BN, T_DECAY, T_SJ seconds) so a slow stage cannot eat the later ones; by
+# T_TESTS, T_LIF, T_PROF, T_HOST, T_SUPCON, T_STEP, T_PEAK, T_BN, T_DECAY, T_SJ seconds) so a slow stage cannot eat the later ones; by
 # default the benchmarks run a lean sweep that fits a short lease
 # (SpikingJelly's own shape, 64x65536, in full). T_TOTAL (default 480 s, from
 # the start of the build) caps the whole call: each stage gets at most what is
@@ -206,6 +206,12 @@ if wants step; then
 stage bench_train_step | tee -a "$LOG"
 read -r -a STEP_ARGS <<< "${STEP_ARGS:---models resnet19 sj_resnet18 --T 6 --batch 32 --time-T 6 --repeats 5 --budget-gib 16 --budget-T 6}"
 timed "${T_STEP:-150}" python benchmarks/bench_train_step.py --device cuda "${STEP_ARGS[@]}" --out "$OUT/train_step_cuda.json" 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# Whole-step peak (max_memory_allocated) per method, each row a fresh process: tcl_fast plain,
+# + pack, + fuse, + optimize_memory, all, beside SpikingJelly and its memopt level 1; table in the log only.
+stage "step peak (optimize_memory)" | tee -a "$LOG"
+timeout "${T_PEAK:-150}" python benchmarks/bench_train_step.py --peak --device cuda --models resnet19 sj_resnet18 \
+  --T 4 --batch 32 --repeats 3 --out /tmp/train_step_peak_cuda.json 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # BN inside the LIF kernel per block, and a per-channel tau against a shared one: tables in the
 # log only (OUT holds at most 8 files).

@@ -20,6 +20,7 @@ _LAZY = {
     "convert_spikingjelly": "tcl_fast.convert",
     "ConversionError": "tcl_fast.convert",
     "fuse_bn_lif": "tcl_fast.fuse",
+    "optimize_memory": "tcl_fast.memory",
     "BNLIF": "tcl_fast.nn",
     "bn_lif": "tcl_fast.nn",
     "pack_spikes": "tcl_fast.ops.pack",

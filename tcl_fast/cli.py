@@ -69,6 +69,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
       help="store spikes saved for backward as full tensors (default: as bits, exact; docs/memory.md)")
     a("--fuse-bn", dest="fuse_bn", action="store_true", default=S,
       help="run each BN that feeds a LIF inside it: less memory, a recompute in backward (docs/memory.md)")
+    a("--optimize-memory", dest="optimize_memory", action="store_true", default=S,
+      help="recompute spiking blocks in backward, keeping only their input spikes as bits: "
+           "same gradients, a fraction of the memory, slower steps (docs/memory.md)")
     a("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=S,
       help="skip steps whose loss is NaN/inf (counted in the log) instead of stopping")
     p.add_argument("--resume", default=None, metavar="PATH_OR_OUTDIR", help="continue a run from its checkpoint")

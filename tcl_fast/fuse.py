@@ -45,8 +45,9 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         mod = type(m).__module__
+        # fx_leaf: blocks tcl_fast.optimize_memory checkpoints (their forward must stay a call)
         return (mod.startswith((_SJ_LAYER, _SJ_NEURON)) or isinstance(m, (BaseNode, LIFMultiStep))
-                or super().is_leaf_module(m, qualname))
+                or getattr(m, "fx_leaf", False) or super().is_leaf_module(m, qualname))
 
 
 def _seq_bn(m: nn.Module) -> nn.Module | None:

@@ -71,18 +71,23 @@ class FusableSequential(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fuse_bn:
             return super().forward(x)
-        mods = list(self)
-        i = 0
-        while i < len(mods):
-            m = mods[i]
-            if (i + 1 < len(mods) and isinstance(m, SeqToANN) and isinstance(mods[i + 1], LIFMultiStep)
-                    and split_bn(m) is not None):
-                x = seq_bn_lif(m, mods[i + 1], x, impl=self.bn_impl)
-                i += 2
-            else:
-                x = m(x)
-                i += 1
-        return x
+        return run_fusable(list(self), x, self.bn_impl)
+
+
+def run_fusable(mods: list[nn.Module], x: torch.Tensor, impl: str) -> torch.Tensor:
+    """Run ``mods`` in order, each ``SeqToANN(..., BatchNorm)`` then ``LIFMultiStep`` as one ``bn_lif``
+    (FusableSequential's fused forward; tcl_fast.memory runs slices of it)."""
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if (i + 1 < len(mods) and isinstance(m, SeqToANN) and isinstance(mods[i + 1], LIFMultiStep)
+                and split_bn(m) is not None):
+            x = seq_bn_lif(m, mods[i + 1], x, impl=impl)
+            i += 2
+        else:
+            x = m(x)
+            i += 1
+    return x
 
 
 def set_bn_fusion(model: nn.Module, enabled: bool = True, impl: str = "auto") -> nn.Module:

@@ -29,13 +29,25 @@ class BasicBlock(nn.Module):
         self.lif2 = make_lif(lif_backend, lif_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fused: a projection shortcut's BN runs inside lif2 too
+        return self._second(self._first(x), x)
+
+    def _first(self, x: torch.Tensor) -> torch.Tensor:
         if self.fuse_bn:
-            s = seq_bn_lif(self.conv1, self.lif1, x, impl=self.bn_impl)
-            if isinstance(self.shortcut, SeqToANN):  # projection: its BN runs inside lif2 too
+            return seq_bn_lif(self.conv1, self.lif1, x, impl=self.bn_impl)
+        return self.lif1(self.conv1(x))
+
+    def _second(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.fuse_bn:
+            if isinstance(self.shortcut, SeqToANN):
                 return seq_bn_lif(self.conv2, self.lif2, s, shortcut=self.shortcut, shortcut_x=x, impl=self.bn_impl)
             return seq_bn_lif(self.conv2, self.lif2, s, residual=self.shortcut(x), impl=self.bn_impl)
-        out = self.conv2(self.lif1(self.conv1(x)))
-        return self.lif2(out + self.shortcut(x))
+        return self.lif2(self.conv2(s) + self.shortcut(x))
+
+    def checkpoint_halves(self):
+        """The block as two steps, each from spikes to spikes: ``s = first(x)``, ``second(s, x)``
+        (tcl_fast.optimize_memory recomputes one at a time)."""
+        return self._first, self._second
 
 
 class SpikingResNet(SpikingNet):

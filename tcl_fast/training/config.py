@@ -65,6 +65,10 @@ class TrainConfig:
     sync_bn: bool = False  # torchrun on CUDA: SyncBatchNorm
     pack_spikes: bool = True  # keep spikes saved for backward as bits (exact; tcl_fast.pack_spikes)
     fuse_bn: bool = False  # BN inside the LIF: less memory, one BN+LIF recompute in backward
+    # Recompute spiking blocks in backward from their 1-bit inputs (tcl_fast.optimize_memory; exact).
+    # Off by default: it costs step time (ResNet-19 T=4: 0.33x the step peak at 1.36x the time,
+    # docs/memory.md), which the small default models don't need to pay.
+    optimize_memory: bool = False
     skip_nonfinite: bool = False  # skip (and count) steps whose loss is NaN/inf instead of stopping
 
     def resolved_lr(self) -> float:

@@ -131,10 +131,15 @@ def build_data(cfg: TrainConfig, *, augment: bool | None = None):
 
 def build_for_config(cfg: TrainConfig, num_classes: int, in_channels: int) -> torch.nn.Module:
     try:
-        return build_model(cfg.model, num_classes, in_channels, proj_dim=cfg.proj_dim,
-                           lif_backend=cfg.backend, fuse_bn=cfg.fuse_bn)
+        model = build_model(cfg.model, num_classes, in_channels, proj_dim=cfg.proj_dim,
+                            lif_backend=cfg.backend, fuse_bn=cfg.fuse_bn)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if cfg.optimize_memory:
+        from tcl_fast.memory import optimize_memory
+        # fusion and packing stay as --fuse-bn / --no-pack-spikes set them
+        optimize_memory(model, fuse_bn=False, pack=False)
+    return model
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -13,6 +13,8 @@ Environment:
 """
 import os
 import shutil
+import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -87,4 +89,23 @@ def _extension():
     return CppExtension("tcl_fast._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
-setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension})
+class PersistentBuildExtension(BuildExtension):
+    """torch's ninja build with its object files kept in one folder under the source
+    tree, build/temp.<platform>-<python>, whatever pip asks for.
+
+    `pip install -e` builds in a new temporary folder each time, so the README's
+    second command (`pip install -e ".[test,dvs]"` after `pip install -e .`) compiled
+    everything again. With the folder kept, ninja sees the same commands and the
+    objects newer than their sources and headers (it tracks the headers through the
+    compiler's depfiles), so a reinstall only links, and a source change recompiles
+    only the files it touches. A wheel build (`pip install .`) used this folder
+    already (setuptools' default build_temp); now both kinds share it.
+    """
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(
+            HERE, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": PersistentBuildExtension})

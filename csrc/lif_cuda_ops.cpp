@@ -2,6 +2,8 @@
 // allocation and stream/device selection; the kernels live in lif_cuda_kernels.cuh.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "lif_common.h"

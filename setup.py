@@ -13,6 +13,8 @@ Environment:
 """
 import os
 import shutil
+import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -66,8 +68,8 @@ def _cuda_build_wanted() -> bool:
 def _extension():
     csrc = os.path.join("csrc")
     # One translation unit per CPU dtype (mamba-style), so builds run them in parallel.
-    cpu_sources = ("ops.cpp", "lif_tuning.cpp", "lif_cpu.cpp", "lif_cpu_float.cpp", "lif_cpu_double.cpp",
-                   "lif_cpu_half.cpp", "lif_cpu_bfloat16.cpp", "lif_thread_mapping_test_ops.cpp",
+    cpu_sources = ("ops.cpp", "lif_tuning.cpp", "lif_common.cpp", "lif_cpu.cpp", "lif_cpu_float.cpp",
+                   "lif_cpu_double.cpp", "lif_cpu_half.cpp", "lif_cpu_bfloat16.cpp", "lif_thread_mapping_test_ops.cpp",
                    "spike_pack.cpp")
     sources = [os.path.join(csrc, f) for f in cpu_sources]
     # -ffp-contract=off: no FMA contraction, so spikes match the reference bit for bit.
@@ -75,7 +77,10 @@ def _extension():
     # (changes no value; only FP-exception semantics, which torch does not use).
     # -g0: Python's build flags ask for debug info, which made _C.so six times larger
     # and the compile slower; nobody steps through these kernels in a debugger.
-    cxx = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
+    # -O2, not -O3: the lane loops are `omp simd` loops, which GCC vectorises at -O2
+    # too; -O3 took half again as long to compile (the float kernels' file, CPU
+    # time) for no measured kernel speed (A/B in docs/benchmarks.md, build).
+    cxx = ["-O2", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
     if _cuda_build_wanted():
         sources += [os.path.join(csrc, f) for f in ("lif_cuda_ops.cpp", "lif_cuda.cu", "lif_cuda_float.cu",
@@ -87,4 +92,23 @@ def _extension():
     return CppExtension("tcl_fast._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
-setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension})
+class PersistentBuildExtension(BuildExtension):
+    """torch's ninja build with its object files kept in one folder under the source
+    tree, build/temp.<platform>-<python>, whatever pip asks for.
+
+    `pip install -e` builds in a new temporary folder each time, so the README's
+    second command (`pip install -e ".[test,dvs]"` after `pip install -e .`) compiled
+    everything again. With the folder kept, ninja sees the same commands and the
+    objects newer than their sources and headers (it tracks the headers through the
+    compiler's depfiles), so a reinstall only links, and a source change recompiles
+    only the files it touches. A wheel build (`pip install .`) used this folder
+    already (setuptools' default build_temp); now both kinds share it.
+    """
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(
+            HERE, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
+setup(ext_modules=[_extension()], cmdclass={"build_ext": PersistentBuildExtension})

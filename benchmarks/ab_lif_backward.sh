@@ -3,15 +3,17 @@
 # older commit in a git worktree), each built in place: alternating fresh
 # processes of bench_lif_backward.py, then the median time per row and new/old.
 #   git worktree add ../old <commit> && (cd ../old && python setup.py build_ext --inplace)
-#   bash benchmarks/ab_lif_backward.sh ../old 3 [OUTDIR]
+#   bash benchmarks/ab_lif_backward.sh ../old 3 [OUTDIR [BENCH ARGS...]]
+# BENCH ARGS go to bench_lif_backward.py (e.g. --T 4 --neurons 1000000).
 set -euo pipefail
 old=$(cd "$1" && pwd); rounds=${2:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${3:-$here/benchmarks/results/local/ab_lif_backward}
-mkdir -p "$out"
+shift $(( $# < 3 ? $# : 3 ))
+mkdir -p "$out"; out=$(cd "$out" && pwd)
 for i in $(seq 1 "$rounds"); do
-  (cd "$old" && python benchmarks/bench_lif_backward.py --dtypes float32 bfloat16 --out "$out/old_$i.json" > /dev/null)
-  (cd "$here" && python benchmarks/bench_lif_backward.py --dtypes float32 bfloat16 --out "$out/new_$i.json" > /dev/null)
+  (cd "$old" && python benchmarks/bench_lif_backward.py --dtypes float32 bfloat16 "$@" --out "$out/old_$i.json" > /dev/null)
+  (cd "$here" && python benchmarks/bench_lif_backward.py --dtypes float32 bfloat16 "$@" --out "$out/new_$i.json" > /dev/null)
 done
 python - "$out" "$rounds" <<'PY'
 import json, statistics, sys

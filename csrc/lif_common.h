@@ -1,8 +1,13 @@
 // Input checks and compile-time dispatch shared by the CPU and CUDA op
 // registrations (host C++ only: this header includes ATen).
+//
+// Only the Tensor class, not <ATen/ATen.h> (every op's declaration): the
+// per-dtype kernel files include this header, and parsing ATen.h took about 8 s
+// of each one's compile on 2 cores. What calls ATen ops (allocating and reducing
+// the backward's buffers) is defined once, in lif_common.cpp.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/accumulate.h>
 
 #include <optional>
@@ -185,14 +190,7 @@ struct BackwardBuffers {
   at::Tensor grad_scale, grad_shift, grad_addend;
 
   BackwardBuffers(const at::Tensor& x, bool has_v0, const at::Tensor& decay, bool need_decay_grad,
-                  bool need_affine_grad = false, bool need_addend_grad = false)
-      : grad_x(at::empty_like(x)),
-        grad_v0(has_v0 ? at::empty(neuron_sizes(x), x.options()) : at::empty({0}, x.options())),
-        decay_partial(need_decay_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
-        v_chunk(at::empty({num_checkpoint_rows(x.size(0)), num_neurons(x)}, decay.options())),
-        grad_scale(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
-        grad_shift(need_affine_grad ? at::empty({num_neurons(x)}, decay.options()) : at::Tensor()),
-        grad_addend(need_addend_grad ? at::empty_like(x) : at::Tensor()) {}
+                  bool need_affine_grad = false, bool need_addend_grad = false);
 
   template <typename A>
   A* grad_scale_ptr() { return grad_scale.defined() ? grad_scale.data_ptr<A>() : nullptr; }
@@ -211,33 +209,16 @@ struct BackwardBuffers {
   // per-neuron parts, a per-neuron decay's is them; unless asked for it is an
   // empty [0] tensor (on CUDA a zero fill would be a kernel launch per backward
   // for a value autograd throws away).
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& decay) const {
-    at::Tensor grad_decay = at::empty({0}, decay.options());
-    if (decay_partial.defined()) grad_decay = reduce_to(decay_partial, decay);
-    return {grad_x, grad_v0, grad_decay};
-  }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& decay) const;
 
   // A per-neuron [N] gradient summed into its parameter's shape (one element,
   // or per channel / per neuron by its layout).
-  at::Tensor reduce_to(const at::Tensor& per_neuron, const at::Tensor& param) const {
-    if (param.numel() == 1) return per_neuron.sum().reshape(param.sizes());
-    if (per_neuron.numel() == 0) return at::zeros(param.sizes(), param.options());
-    const LaneLayout l = *lane_layout(grad_x, param);
-    const int64_t N = per_neuron.numel();
-    if (l.inner == 1 && l.channels == N) return per_neuron.view(param.sizes());
-    return per_neuron.view({N / (l.inner * l.channels), l.channels, l.inner}).sum({0, 2}).view(param.sizes());
-  }
+  at::Tensor reduce_to(const at::Tensor& per_neuron, const at::Tensor& param) const;
+
   // lif_affine_backward's outputs: finish's, then grad_scale and grad_shift
   // (empty [0] tensors unless asked for) and grad_addend (empty unless asked for).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_affine(
-      const at::Tensor& decay, const at::Tensor& scale, const at::Tensor& shift) const {
-    auto [gx, gv0, gdecay] = finish(decay);
-    // Separate empties: outputs of one op must not alias each other.
-    return {gx, gv0, gdecay,
-            grad_scale.defined() ? reduce_to(grad_scale, scale) : at::empty({0}, decay.options()),
-            grad_shift.defined() ? reduce_to(grad_shift, shift) : at::empty({0}, decay.options()),
-            grad_addend.defined() ? grad_addend : at::empty({0}, grad_x.options())};
-  }
+      const at::Tensor& decay, const at::Tensor& scale, const at::Tensor& shift) const;
 };
 
 }  // namespace lif

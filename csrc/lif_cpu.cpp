@@ -1,5 +1,7 @@
 // CPU registrations of tcl_fast::lif_forward / lif_backward: input checks and
 // the dtype switch; the kernels are in lif_cpu_kernels.h, compiled per dtype.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <string>

@@ -95,6 +95,9 @@ constexpr int kBackwardWideLanes = static_cast<int>(65536 / (kTimeChunk * sizeof
 constexpr int64_t kGroupsPerTask = 16;  // narrow groups per parallel work item
 constexpr int64_t kWideGroupsPerThread = 4;  // fewer than this per thread: go narrow
 constexpr int64_t kWideMinSteps = 8;
+static_assert(kForwardWideLanes % kLanes == 0 && kBackwardWideLanes<float> % kLanes == 0 &&
+                  kBackwardWideLanes<double> % kLanes == 0,
+              "a wide group's tail runs as narrow groups");
 
 // Whether a kernel over T steps of N neurons runs wide groups of `wide`
 // neurons. The cpu_groups knob (lif_tuning.h) narrow forces 128; wide drops
@@ -170,9 +173,13 @@ void with_cpu_isa(F&& f) {
 
 // The bodies are inlined into one wrapper per ISA (below); no lambdas inside
 // them: a lambda's body is a separate function that would not get the target.
-// Groups g0..g1 of W neurons; a group cut short by N runs as 128-neuron groups,
-// then one neuron at a time. Lanewise (per-neuron decay / input affine,
-// lif_math.h) runs 128-neuron groups only: built for one width, not three.
+// Groups g0..g1 of W neurons. Narrow groups (W = kLanes): a last group cut
+// short by N runs one neuron at a time. Wide groups: the caller passes full
+// groups only; its wrapper hands a last group cut short to the narrow groups'
+// wrapper, so each wide instantiation holds one copy of the neuron loop, not
+// three (wide, 128 and 1 lanes), which cut the compile time of the kernel
+// files (docs/benchmarks.md, build). Lanewise (per-neuron decay / input
+// affine, lif_math.h) runs narrow groups only: built for one width, not two.
 template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth,
           bool Lanewise>
 inline __attribute__((always_inline)) void forward_groups_body(
@@ -183,14 +190,13 @@ inline __attribute__((always_inline)) void forward_groups_body(
       x + n, at_neuron(v0, n), spikes + n, v_last + n, T, N, p, lanes.at(n))
   for (int64_t g = g0; g < g1; ++g) {
     int64_t n = g * W;
-    if (n + W <= N) {
+    if (W != kLanes || n + W <= N) {
       TCL_FORWARD_GROUP(W);
       continue;
     }
-    if constexpr (W != kLanes) {
-      for (; n + kLanes <= N; n += kLanes) TCL_FORWARD_GROUP(kLanes);
+    if constexpr (W == kLanes) {
+      for (; n < N; ++n) TCL_FORWARD_GROUP(1);
     }
-    for (; n < N; ++n) TCL_FORWARD_GROUP(1);
   }
 #undef TCL_FORWARD_GROUP
 }
@@ -207,16 +213,15 @@ inline __attribute__((always_inline)) void backward_groups_body(
       grad_spikes + n, at_neuron(grad_v_last, n), x + n, at_neuron(v0, n), grad_x + n,            \
       at_neuron(grad_v0, n), at_neuron(grad_decay_partial, n), at_neuron(v_chunk, n), T, N, p,    \
       sg_row, lanes.at(n))
-  for (int64_t g = g0; g < g1; ++g) {
+  for (int64_t g = g0; g < g1; ++g) {  // as forward_groups_body
     int64_t n = g * W;
-    if (n + W <= N) {
+    if (W != kLanes || n + W <= N) {
       TCL_BACKWARD_GROUP(W);
       continue;
     }
-    if constexpr (W != kLanes) {
-      for (; n + kLanes <= N; n += kLanes) TCL_BACKWARD_GROUP(kLanes);
+    if constexpr (W == kLanes) {
+      for (; n < N; ++n) TCL_BACKWARD_GROUP(1);
     }
-    for (; n < N; ++n) TCL_BACKWARD_GROUP(1);
   }
 #undef TCL_BACKWARD_GROUP
 }
@@ -239,25 +244,42 @@ inline __attribute__((always_inline)) void surrogate_row_body(const A* __restric
   target void surrogate_row_##suffix(const A* h, A* sg, int n, const Params<A>& p) {            \
     surrogate_row_body<A, SG, fused>(h, sg, n, p);                                              \
   }
+// A wide wrapper's last group cut short by N: the narrow wrapper's groups from
+// there on (noinline, so it stays one function rather than a copy in each).
 #define TCL_FORWARD_GROUPS_FOR(suffix, target)                                                   \
   template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, \
             bool Lanewise>                                                                       \
-  target void forward_groups_##suffix(const S* x, const S* v0, S* spikes, S* v_last, int64_t T,  \
-                                      int64_t N, int64_t g0, int64_t g1, const Params<A>& p,    \
-                                      const LaneParams<A>& lanes) {                              \
+  target __attribute__((noinline)) void forward_groups_##suffix(                                 \
+      const S* x, const S* v0, S* spikes, S* v_last, int64_t T, int64_t N, int64_t g0,          \
+      int64_t g1, const Params<A>& p, const LaneParams<A>& lanes) {                              \
+    const int64_t full_end = W == kLanes || g1 <= N / W ? g1 : N / W;                           \
     forward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth, Lanewise>(                   \
-        x, v0, spikes, v_last, T, N, g0, g1, p, lanes);                                          \
+        x, v0, spikes, v_last, T, N, g0, full_end, p, lanes);                                    \
+    if constexpr (W != kLanes) {                                                                 \
+      if (full_end < g1)                                                                         \
+        forward_groups_##suffix<kLanes, S, A, SG, DecayInput, HardReset, Smooth, Lanewise>(      \
+            x, v0, spikes, v_last, T, N, full_end * (W / kLanes), (N + kLanes - 1) / kLanes, p,  \
+            lanes);                                                                              \
+    }                                                                                            \
   }
 #define TCL_BACKWARD_GROUPS_FOR(suffix, target, fused)                                           \
   template <int W, typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, \
             bool DecayGrad, bool Lanewise>                                                       \
-  target void backward_groups_##suffix(                                                          \
+  target __attribute__((noinline)) void backward_groups_##suffix(                                \
       const S* grad_spikes, const S* grad_v_last, const S* x, const S* v0, S* grad_x,           \
       S* grad_v0, A* grad_decay_partial, A* v_chunk, int64_t T, int64_t N, int64_t g0,          \
       int64_t g1, const Params<A>& p, SurrogateRowFn<A> sg_row, const LaneParams<A>& lanes) {   \
+    const int64_t full_end = W == kLanes || g1 <= N / W ? g1 : N / W;                           \
     backward_groups_body<W, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad, Lanewise, fused>( \
         grad_spikes, grad_v_last, x, v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, g0, \
-        g1, p, sg_row, lanes);                                                                   \
+        full_end, p, sg_row, lanes);                                                             \
+    if constexpr (W != kLanes) {                                                                 \
+      if (full_end < g1)                                                                         \
+        backward_groups_##suffix<kLanes, S, A, SG, DecayInput, HardReset, Smooth, DecayGrad,     \
+                                 Lanewise>(                                                      \
+            grad_spikes, grad_v_last, x, v0, grad_x, grad_v0, grad_decay_partial, v_chunk, T, N, \
+            full_end * (W / kLanes), (N + kLanes - 1) / kLanes, p, sg_row, lanes);               \
+    }                                                                                            \
   }
 TCL_SURROGATE_ROW_FOR(baseline, , kBaselineHasFma)
 TCL_FORWARD_GROUPS_FOR(baseline, )

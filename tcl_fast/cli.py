@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from tcl_fast.defaults import E_AC_PJ, E_MAC_PJ
 from tcl_fast.training.config import TrainConfig, UserError
@@ -134,6 +134,21 @@ def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str | None, 
     return merged, path, True
 
 
+def next_step_hint(cfg: TrainConfig, out: str) -> str:
+    """The line printed after a digits run (the quick start): where to go next."""
+    steps = [f"tcl-fast eval --checkpoint {out} (accuracy at every T')"]
+    if cfg.loss != "ce":
+        if cfg.out:  # the CE run needs a folder of its own
+            ce_out = cfg.out.rstrip("/\\") + "_ce"
+            rerun = f"--loss ce --out {ce_out}"
+        else:
+            ce_out, rerun = replace(cfg, loss="ce").resolved_out(), "--loss ce"
+        steps.append(f"rerun with {rerun}, then tcl-fast compare {ce_out} {out} ({cfg.loss} against plain CE)")
+    steps.append("real data, on a GPU: tcl-fast train --dataset cifar10 --data-root DIR --model resnet19 --lr 0.1 "
+                 "(recipes: docs/training.md)")
+    return "next: " + "; ".join(steps)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -149,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg, resume, overwrite = _config_from_args(ns)
             result = train(cfg, resume=resume, overwrite=overwrite)
-            return 130 if result.interrupted else 0
+            if result.interrupted:
+                return 130
+            if cfg.dataset == "digits" and os.environ.get("RANK", "0") == "0":
+                print(next_step_hint(cfg, result.out))
+            return 0
         if ns.command == "eval":
             from tcl_fast.training.trainer import evaluate_checkpoint
 

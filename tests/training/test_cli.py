@@ -193,6 +193,32 @@ def test_existing_run_and_changed_settings_on_resume_are_refused(run1, capsys):
     assert "cannot change --loss" in capsys.readouterr().err
 
 
+def test_digits_run_ends_with_a_next_step_line_whose_commands_run(tmp_path, capsys):
+    out = str(tmp_path / "tcl")
+    assert main(["train", "--out", out, "--epochs", "1", *QUICK]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    ce_out = out + "_ce"
+    assert last.startswith(f"next: tcl-fast eval --checkpoint {out} ")
+    assert f"rerun with --loss ce --out {ce_out}, then tcl-fast compare {ce_out} {out} " in last
+    assert "tcl-fast train --dataset cifar10 --data-root DIR" in last
+    # what the line says to run, runs
+    assert main(["eval", "--checkpoint", out]) == 0
+    assert main(["train", "--out", ce_out, "--loss", "ce", "--epochs", "1", *QUICK]) == 0
+    ce_last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ce_last.startswith(f"next: tcl-fast eval --checkpoint {ce_out} ") and "compare" not in ce_last
+    assert main(["compare", ce_out, out, "--out", str(tmp_path / "cmp.png")]) == 0
+
+
+def test_next_step_line_names_the_default_run_folders():
+    from tcl_fast.cli import next_step_hint
+    from tcl_fast.training.config import TrainConfig
+
+    cfg = TrainConfig(T=2, seed=3)
+    line = next_step_hint(cfg, cfg.resolved_out())
+    tcl_out, ce_out = (os.path.join("runs", f"digits_small_{loss}_T2_seed3") for loss in ("tcl", "ce"))
+    assert f"rerun with --loss ce, then tcl-fast compare {ce_out} {tcl_out} " in line
+
+
 def test_subprocess_entry_points(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     r = subprocess.run([sys.executable, "-m", "tcl_fast.cli", "train", "--T", "0"], capture_output=True,

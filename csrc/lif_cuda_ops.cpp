@@ -1,6 +1,11 @@
 // CUDA registration of tcl_fast::lif_forward / lif_backward: checks, output
 // allocation and stream/device selection; the kernels live in lif_cuda_kernels.cuh.
-#include <ATen/cuda/CUDAContext.h>
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <atomic>
+
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
@@ -13,6 +18,21 @@
 namespace tcl_fast {
 namespace lif {
 namespace {
+
+// The device's multiprocessor count, asked of the runtime once per device.
+// (Not at::cuda::getDeviceProperties: its header, ATen/cuda/CUDAContext.h,
+// pulls in cuSPARSE's and cuBLAS's headers, which a bare CUDA toolkit lacks.)
+int multiprocessor_count(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, 64> cached{};  // 0: not asked yet
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(cached.size()), "tcl_fast: CUDA device index ",
+              static_cast<int>(device), " out of range");
+  int count = cached[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    cached[device].store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
 
 cuda::LaunchArgs launch_args(const at::Tensor& x, const at::Tensor& decay, const OpScalars& op,
                              const OptionalAffine& affine = OptionalAffine{}) {
@@ -30,8 +50,7 @@ cuda::LaunchArgs launch_args(const at::Tensor& x, const at::Tensor& decay, const
   a.T = x.size(0);
   a.N = num_neurons(x);
   a.stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  // torch reads each device's properties once and keeps them.
-  a.sm_count = at::cuda::getDeviceProperties(x.device().index())->multiProcessorCount;
+  a.sm_count = multiprocessor_count(x.device().index());
   return a;
 }
 

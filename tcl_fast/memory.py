@@ -343,15 +343,23 @@ def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = False, pack: bool
     elif fuse_bn:
         for _, block in blocks:
             _try_fuse(block, fuse_bn)
-    paths = []
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for _, seq, _ in seqs for m in seq.modules()):
+            # A segment is a run of a Sequential's children, not a module fuse_bn_lif can trace.
+            warnings.warn(f"optimize_memory: fuse_bn={fuse_bn!r} leaves the BatchNorms inside Sequential "
+                          "stacks (VGG-style segments) unfused; those segments are checkpointed as they are",
+                          stacklevel=2)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    found = []  # (position in model.named_modules(), path): memory_blocks lists them in module order
     for path, block in blocks:
         block.__class__ = _subclass(type(block), "Checkpointed", {"forward": _block_forward, "fx_leaf": True})
-        paths.append(path)
+        found.append((order[path], path))
     for path, seq, segments in seqs:
         seq.__class__ = _subclass(type(seq), "Segmented", {"forward": _segments_forward, "fx_leaf": True})
         seq.memory_segments = segments
         names = [n for n, _ in seq.named_children()]
-        paths += [f"{path}[{names[a]}:{names[b - 1]}]" for a, b, checkpointed in segments if checkpointed]
+        found += [(order[f"{path}.{names[a]}" if path else names[a]], f"{path}[{names[a]}:{names[b - 1]}]")
+                  for a, b, checkpointed in segments if checkpointed]
+    paths = [p for _, p in sorted(found)]
     if fuse_bn and not tcl_model:
         _try_fuse(model, fuse_bn)  # the rest (a stem's BN -> neuron), the blocks called as they are
     if pack:

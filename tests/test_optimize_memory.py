@@ -16,15 +16,16 @@ import torch
 from torch import nn
 
 import tcl_fast
+from optional_deps import require
 from tcl_fast.models import build_model, set_bn_fusion
 
 T, B = 2, 2
 STEPS = 2
 
 
-def _same(a: nn.Module, b: nn.Module, forward, steps=STEPS, calls=1):
+def _same(a: nn.Module, b: nn.Module, forward, steps=STEPS, calls=1, lr=0.05):
     """Train copies ``a`` and ``b`` side by side; assert everything equal after each step."""
-    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (a, b)]
+    opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m in (a, b)]
     for step in range(steps):
         results = []
         for m, opt in zip((a, b), opts):
@@ -118,7 +119,7 @@ def test_eval_and_no_grad_run_without_checkpointing():
 
 
 # --------------------------------------------------------------- SpikingJelly
-sj = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly not installed")
+sj = require("spikingjelly.activation_based.neuron")
 from spikingjelly.activation_based import functional, layer, surrogate  # noqa: E402
 import sj_zoo  # noqa: E402
 
@@ -143,9 +144,17 @@ def _zoo_forward(hw, calls=1):
 @pytest.mark.parametrize("builder", [sj_zoo.resnet18, sj_zoo.vgg11_bn], ids=["spiking_resnet18", "spiking_vgg11_bn"])
 def test_converted_zoo_bit_identical(builder, fuse):
     plain, hw = _zoo(builder)
-    if fuse:
-        tcl_fast.fuse_bn_lif(plain, impl=fuse)
-    opt = tcl_fast.optimize_memory(_zoo(builder)[0], fuse_bn=fuse)
+    if builder is sj_zoo.resnet18:
+        if fuse:
+            tcl_fast.fuse_bn_lif(plain, impl=fuse)
+        opt = tcl_fast.optimize_memory(_zoo(builder)[0], fuse_bn=fuse)
+    elif fuse:
+        # VGG's conv-BN-LIF stages are segments of one Sequential: they stay unfused, and
+        # say so, so the reference is the unfused model (in-kernel BN would differ in rounding).
+        with pytest.warns(UserWarning, match="leaves the BatchNorms inside Sequential stacks"):
+            opt = tcl_fast.optimize_memory(_zoo(builder)[0], fuse_bn=fuse)
+    else:
+        opt = tcl_fast.optimize_memory(_zoo(builder)[0], fuse_bn=fuse)
     if builder is sj_zoo.resnet18:
         assert opt.memory_blocks == tuple(f"layer{i}.{j}" for i in range(1, 5) for j in range(2))
     else:
@@ -183,8 +192,11 @@ def _drop_net():
 def test_dropout_draws_the_same_masks():
     plain, opt = _drop_net(), tcl_fast.optimize_memory(_drop_net(), fuse_bn=False)
     assert opt.memory_blocks == ("[0:1]", "2", "3")  # conv-LIF segment, two blocks
-    forward = _zoo_forward(8)
-    _same(plain, opt, forward)
+
+    def forward(m, step):  # inputs large enough that spikes (and so gradients) reach the output
+        functional.reset_net(m)
+        return m(4 * torch.randn(T, B, 3, 8, 8, generator=torch.Generator().manual_seed(step)))
+    _same(plain, opt, forward, lr=1e-4)  # a small step: the second step's neurons still fire
     # the masks matter: another seed gives another output
     torch.manual_seed(1)
     a = forward(plain, 0)

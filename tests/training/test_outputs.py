@@ -47,7 +47,7 @@ def test_compare_writes_beside_the_runs_not_in_the_current_directory(runs, tmp_p
     assert f"wrote {runs / 'runs' / 'comparison.png'}" in capsys.readouterr().out
     assert (runs / "runs" / "comparison.png").exists() and os.listdir(tmp_path) == []
     assert main(["compare", str(runs / "runs" / "ce"), "--out", "c.png", "--json", "c.json"]) == 0
-    assert "wrote c.png, c.json" in capsys.readouterr().out
+    assert "wrote c.png, c_energy.png, c.json" in capsys.readouterr().out
 
 
 def test_accuracy_axis_starts_at_chance(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from tcl_fast.training.checkpoint import first_nonfinite, load_checkpoint, resolve_checkpoint
+from tcl_fast.training.checkpoint import first_nonfinite
 from tcl_fast.training.config import TrainConfig, UserError
 
 
@@ -15,14 +15,9 @@ def load_trained_model(checkpoint: str) -> tuple[torch.nn.Module, TrainConfig, t
     ``(C, H, W)`` and the checkpoint (no dataset files are read)."""
     from tcl_fast.data import dataset_shape
     from tcl_fast.models import build_model
-    from tcl_fast.training.trainer import check_model_state
+    from tcl_fast.training.trainer import check_model_state, load_checkpoint_and_config
 
-    try:
-        path = resolve_checkpoint(checkpoint)
-        state = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"--checkpoint: {exc}") from None
-    cfg = TrainConfig.from_dict(state["config"])
+    path, state, cfg = load_checkpoint_and_config(checkpoint)
     num_classes, channels, size = dataset_shape(cfg.dataset)
     model = build_model(cfg.model, num_classes, channels, proj_dim=cfg.proj_dim, lif_backend="auto")
     check_model_state(model, state["model"], f"--checkpoint {path!r}")

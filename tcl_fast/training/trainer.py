@@ -242,6 +242,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def load_checkpoint_and_config(checkpoint: str) -> tuple[str, dict, TrainConfig]:
+    """A run's checkpoint (a run folder or a checkpoint file): its path, its saved
+    state and its config; a missing or unreadable one is the user's error."""
+    try:
+        path = resolve_checkpoint(checkpoint)
+        state = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"--checkpoint: {exc}") from None
+    return path, state, TrainConfig.from_dict(state["config"])
+
+
 def check_model_state(model: torch.nn.Module, state_dict, what: str) -> None:
     """Refuse a state dict whose keys or shapes differ from ``model``'s, before anything is loaded."""
     if not isinstance(state_dict, dict):
@@ -595,12 +606,7 @@ def evaluate_checkpoint(checkpoint: str, *, T: int | None = None, device: str = 
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise UserError(f"batch-size must be an integer >= 1, got {batch_size!r}")
-    try:
-        path = resolve_checkpoint(checkpoint)
-        state = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"--checkpoint: {exc}") from None
-    cfg = TrainConfig.from_dict(state["config"])
+    path, state, cfg = load_checkpoint_and_config(checkpoint)
     if data_root is not None:
         cfg.data_root = data_root
     if T is not None:

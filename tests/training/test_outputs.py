@@ -46,6 +46,9 @@ def test_compare_writes_beside_the_runs_not_in_the_current_directory(runs, tmp_p
     assert main(["compare", str(runs / "runs" / "ce"), str(runs / "runs" / "tcl")]) == 0
     assert f"wrote {runs / 'runs' / 'comparison.png'}" in capsys.readouterr().out
     assert (runs / "runs" / "comparison.png").exists() and os.listdir(tmp_path) == []
+    # With an evaluation that has its cost (whichever test ran first), compare adds the energy plot.
+    assert main(["eval", "--checkpoint", str(runs / "runs" / "ce"), "--T", "2"]) == 0
+    capsys.readouterr()
     assert main(["compare", str(runs / "runs" / "ce"), "--out", "c.png", "--json", "c.json"]) == 0
     assert "wrote c.png, c_energy.png, c.json" in capsys.readouterr().out
 

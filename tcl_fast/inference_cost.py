@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tcl_fast._plot import save_figure
 from tcl_fast.defaults import E_AC_PJ, E_MAC_PJ
 from tcl_fast.models.layers import set_bn_fusion
 from tcl_fast.nir_exchange import _nir, import_layer, to_nir
@@ -210,8 +211,6 @@ def format_cost_table(accuracy: dict[int, float], cost: dict) -> str:
 
 def plot_accuracy_vs_energy(curves, path: str, title: str = "accuracy vs inference energy") -> str:
     """One line per run, one point per T' (labelled), energy per sample on a log x axis."""
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,8 +230,4 @@ def plot_accuracy_vs_energy(curves, path: str, title: str = "accuracy vs inferen
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from tcl_fast._plot import save_figure
+
 
 def to_time_first(x: torch.Tensor) -> torch.Tensor:
     """Event batches come as [B, frames, C, H, W]; models want [T, B, C, H, W]."""
@@ -123,11 +125,7 @@ def plot_latency(curves: Iterable[tuple[str, dict[int, float]]], path: str,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_json(obj, path: str) -> None:

@@ -143,18 +143,20 @@ def _compare_reader(run, digits_inputs, tmp_path, pooling, load, neuron_types, s
     assert seen > 0
 
 
+def _snntorch_steps(module, x):
+    """T calls of an snnTorch-imported graph on the same input; its output (not its state) per step."""
+    outs = []
+    for _ in range(T):
+        o = module(x)
+        outs.append(o[0] if isinstance(o, tuple) else o)
+    return outs
+
+
 def test_snntorch_reader_matches_at_every_step(run, digits_inputs, tmp_path):
     snn = require("snntorch")
     from snntorch.import_nir import import_from_nir
 
-    def step(module, x):
-        outs = []
-        for _ in range(T):
-            o = module(x)
-            outs.append(o[0] if isinstance(o, tuple) else o)
-        return outs
-
-    _compare_reader(run, digits_inputs, tmp_path, "avg", import_from_nir, snn.Leaky, step)
+    _compare_reader(run, digits_inputs, tmp_path, "avg", import_from_nir, snn.Leaky, _snntorch_steps)
 
 
 def test_norse_reader_matches_at_every_step(run, digits_inputs, tmp_path):
@@ -235,17 +237,10 @@ def test_snntorch_reads_decay_input_false_exactly():
     with torch.no_grad():
         want, ref_spikes = ours(x, T=T, record=True)
 
-    def step(module, x):
-        outs = []
-        for _ in range(T):
-            o = module(x)
-            outs.append(o[0] if isinstance(o, tuple) else o)
-        return outs
-
     with contextlib.redirect_stdout(io.StringIO()):
         reader = import_from_nir(graph).double()
     with torch.no_grad():
-        out, spikes = _run_reader(reader, x, snn.Leaky, step)
+        out, spikes = _run_reader(reader, x, snn.Leaky, _snntorch_steps)
     torch.testing.assert_close(out.reshape(want.shape), want, rtol=0, atol=1e-9)
     assert len(spikes) == 2 and sum(float(s.sum()) for s in spikes.values()) > 0
     # node "1" is module "1" there and "n1" here (a Python name cannot start with a digit): compare in order

@@ -37,12 +37,37 @@ std::string cpu_isa_name() {
 
 namespace {
 
+// Whether x's kernels are not built for this CPU's ISA (16-bit storage on the
+// baseline ISA, lif_cpu_kernels.h simd_only_storage): the call then runs the
+// float32 kernels on float32 copies and rounds the outputs back, which gives
+// the 16-bit kernels' values.
+bool runs_via_float32(const at::Tensor& x) {
+  if (cpu_isa() != CpuIsa::kBaseline) return false;
+  switch (x.scalar_type()) {
+    case at::kHalf: return simd_only_storage<c10::Half>();
+    case at::kBFloat16: return simd_only_storage<BFloat16Bits>();
+    default: return false;
+  }
+}
+
+at::Tensor as_float32(const at::Tensor& t) { return t.to(at::kFloat); }
+std::optional<at::Tensor> as_float32(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(as_float32(*t)) : std::nullopt;
+}
+OptionalAffine as_float32(const OptionalAffine& affine) {  // scale, shift: float32 already
+  return OptionalAffine{affine.scale, affine.shift, as_float32(affine.addend)};
+}
+
 // The plain and the affine ops share these (OptionalAffine{} for the plain ones).
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& v0,
                                                const at::Tensor& decay, const OptionalAffine& affine,
                                                const OpScalars& a) {
   TORCH_CHECK(!a.smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
+  if (runs_via_float32(x)) {
+    auto [spikes, v_last] = forward_cpu(as_float32(x), as_float32(v0), decay, as_float32(affine), a);
+    return {spikes.to(x.scalar_type()), v_last.to(x.scalar_type())};
+  }
   auto spikes = at::empty_like(x);
   auto v_last = at::empty(neuron_sizes(x), x.options());
   if (x.numel() == 0) return {spikes, v_last};
@@ -59,6 +84,16 @@ BackwardBuffers backward_cpu(const at::Tensor& grad_spikes, const std::optional<
                              bool need_decay_grad, bool need_affine_grad, bool need_addend_grad) {
   TORCH_CHECK(!a.smooth || x.scalar_type() == at::kDouble,
               "tcl_fast::lif: smooth (gradcheck) mode is only built for float64");
+  if (runs_via_float32(x)) {
+    BackwardBuffers out = backward_cpu(as_float32(grad_spikes), as_float32(grad_v_last), as_float32(x),
+                                       as_float32(v0), decay, as_float32(affine), a, need_decay_grad,
+                                       need_affine_grad, need_addend_grad);
+    const auto dtype = x.scalar_type();
+    out.grad_x = out.grad_x.to(dtype);
+    out.grad_v0 = out.grad_v0.to(dtype);
+    if (out.grad_addend.defined()) out.grad_addend = out.grad_addend.to(dtype);
+    return out;
+  }
   BackwardBuffers out(x, v0.has_value(), decay, need_decay_grad, need_affine_grad,
                       need_addend_grad && affine.addend.has_value());
   if (x.numel() == 0) return out;

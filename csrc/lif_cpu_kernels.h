@@ -346,13 +346,40 @@ void backward_groups(const S* grad_spikes, const S* grad_v_last, const S* x, con
 #undef TCL_BACKWARD_GROUPS
 }
 
+// Whether S is 16-bit storage (float16, bfloat16) whose kernels are built for
+// the SIMD ISAs only. On an x86 CPU without AVX2 (or with the cpu_isa knob at
+// baseline) such calls run the float32 kernels on float32 copies instead
+// (lif_cpu.cpp, runs_via_float32), which gives the same values: the 16-bit
+// kernels compute in float32 and round once at each store, as the copy back
+// does. Without F16C, the baseline ISA converts 16-bit values in scalar code
+// anyway, and its two builds were a quarter of the 16-bit files' compile time
+// (docs/benchmarks.md, build). Single-ISA builds (aarch64) keep them native.
+template <typename S>
+constexpr bool simd_only_storage() {
+  return TCL_CPU_MULTI_ISA && sizeof(S) == 2;
+}
+
 // Calls f with std::integral_constant<CpuIsa, ...>: cpu_isa() for the
 // training dtypes; float64 (gradcheck and reference checks) is built for the
-// baseline ISA only, a third of its compile time.
+// baseline ISA only, a third of its compile time; 16-bit storage for the SIMD
+// ISAs only (simd_only_storage).
 template <typename S, typename F>
 void with_cpu_isa_for(F&& f) {
-  if constexpr (std::is_same<S, double>::value) f(std::integral_constant<CpuIsa, CpuIsa::kBaseline>{});
-  else with_cpu_isa(f);
+  if constexpr (std::is_same<S, double>::value) {
+    f(std::integral_constant<CpuIsa, CpuIsa::kBaseline>{});
+  } else if constexpr (simd_only_storage<S>()) {
+#if TCL_CPU_MULTI_ISA
+    switch (cpu_isa()) {
+      case CpuIsa::kAvx512: f(std::integral_constant<CpuIsa, CpuIsa::kAvx512>{}); return;
+      case CpuIsa::kAvx2Fma: f(std::integral_constant<CpuIsa, CpuIsa::kAvx2Fma>{}); return;
+      default: break;
+    }
+#endif
+    TORCH_CHECK(false, "tcl_fast::lif: internal error: 16-bit storage on the baseline ISA must run "
+                "through float32 (runs_via_float32)");
+  } else {
+    with_cpu_isa(f);
+  }
 }
 
 template <typename S, typename A, int SG, bool DecayInput, bool HardReset, bool Smooth, bool Lanewise>

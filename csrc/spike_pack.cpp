@@ -5,8 +5,11 @@
 // the sign are non-zero packs as 1 (so -0.0 packs as 0); unpack writes +0 or
 // exactly 1 in the dtype. Works on raw bits, so one kernel per element width
 // serves float/double/half/bfloat16. Reference: tcl_fast/ops/spike_pack.py.
-#include <ATen/ATen.h>
+// ATen/core/Tensor.h and the one op used, not ATen/ATen.h: parsing every op's
+// declaration took most of this file's compile time.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstdint>

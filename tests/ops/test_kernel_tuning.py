@@ -108,7 +108,7 @@ def test_none_leaves_a_knob_alone(before):
     assert get_tuning() == before
 
 
-def test_same_results_under_every_cpu_setting():
+def test_same_results_under_every_cpu_setting(two_threads):
     x = torch.randn(9, 4 * 4096 * torch.get_num_threads() + 5)
     want = tcl_fast.lif_multistep(x, backend="cpp")
     for knobs in ({"cpu_groups": "narrow"}, {"cpu_groups": "wide"}, {"cpu_isa": "baseline"}):

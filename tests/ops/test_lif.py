@@ -188,7 +188,7 @@ def test_every_cpu_isa_build_matches_reference(isa, surrogate, reset):
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("groups", ["wide", "narrow", "wide-short-T"])
-def test_wide_cpu_groups_match_reference(isa, groups):
+def test_wide_cpu_groups_match_reference(isa, groups, two_threads):
     # Large N runs wide groups (4096 neurons forward, 1024 backward in float32)
     # when T >= 8 and there are at least 4 per thread; the last group, cut short
     # by N, runs as 128-neuron groups and then one neuron at a time. N here:
@@ -209,7 +209,7 @@ def test_wide_cpu_groups_match_reference(isa, groups):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype):
+def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype, two_threads):
     # Each neuron's arithmetic is the same whatever group it runs in (no sums
     # across neurons), so the two groupings must give identical bits, also in
     # 16-bit storage; the learnable tau's gradient is a sum, compared closely.
@@ -226,7 +226,7 @@ def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype):
     torch.testing.assert_close(wide["gtau"], narrow["gtau"], atol=1e-4, rtol=1e-4)
 
 
-def test_wide_cpu_groups_float64():
+def test_wide_cpu_groups_float64(two_threads):
     # float64 takes 512-neuron backward groups (its h chunk is twice the bytes).
     N = 4096 * 4 * torch.get_num_threads() + 300
     x = _inputs((8, N), "cpu", torch.float64, seed=13)

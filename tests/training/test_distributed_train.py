@@ -48,20 +48,15 @@ def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.C
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
-@pytest.fixture(scope="module")
-def tcl_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    return out, _torchrun(["tcl_fast.train", "--out", str(out), *QUICK])
-
-
 def _rows(out):
     timing = {"train_time_s", "samples_per_s", "images_per_s"}
     return [{k: v for k, v in json.loads(line).items() if k not in timing}
             for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_two_rank_resume_equals_an_uninterrupted_two_rank_run(tcl_run, tmp_path):
-    straight, r = tcl_run
+@pytest.mark.xdist_group("ddp_tcl_run")
+def test_two_rank_resume_equals_an_uninterrupted_two_rank_run(ddp_tcl_run, tmp_path):
+    straight, r = ddp_tcl_run
     assert r.returncode == 0, r.stderr[-4000:]
     out = tmp_path / "resumed"
     quick_one_epoch = [a if a != "2" else "1" for a in QUICK]
@@ -82,9 +77,10 @@ def test_two_rank_resume_equals_an_uninterrupted_two_rank_run(tcl_run, tmp_path)
     ["tcl_fast.cli", "train", "--loss", "stcl"],
     ["tcl_fast.train", "--loss", "ce"],  # the projection head gets no gradient: DDP must be told
 ], ids=["train-tcl", "cli-stcl", "train-ce"])
+@pytest.mark.xdist_group("ddp_tcl_run")
 def test_two_rank_training_writes_one_log_and_one_checkpoint(tmp_path, entry, request):
     if entry == ["tcl_fast.train"]:
-        out, r = request.getfixturevalue("tcl_run")
+        out, r = request.getfixturevalue("ddp_tcl_run")  # the shared run (conftest.py)
     else:
         out = tmp_path / "run"
         r = _torchrun([*entry, "--out", str(out), *QUICK])

@@ -4,6 +4,7 @@ all-reduce per step: the checkpointed blocks' recompute adds no reduction, or
 the weights would differ)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from run_logs import history, strip_timing
@@ -36,12 +37,15 @@ def test_option_changes_nothing_but_memory_and_resumes_exactly(tmp_path):
     _same_weights(resumed, straight)
 
 
-def test_two_ranks_equal_two_ranks_without_it(tmp_path):
-    runs = {}
-    for name, extra in (("plain", []), ("opt", ["--optimize-memory"])):
-        out = tmp_path / name
-        r = _torchrun(["tcl_fast.train", "--out", str(out), *DDP_QUICK, *extra])
-        assert r.returncode == 0, r.stderr[-4000:]
-        runs[name] = out
+@pytest.mark.xdist_group("ddp_tcl_run")
+def test_two_ranks_equal_two_ranks_without_it(ddp_tcl_run, tmp_path):
+    # The plain side is the shared 2-rank run of the same command (conftest.py), not a second copy of it.
+    plain, r = ddp_tcl_run
+    assert r.returncode == 0, r.stderr[-4000:]
+    runs = {"plain": plain}
+    out = tmp_path / "opt"
+    r = _torchrun(["tcl_fast.train", "--out", str(out), *DDP_QUICK, "--optimize-memory"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    runs["opt"] = out
     assert strip_timing(history(runs["opt"])) == strip_timing(history(runs["plain"]))
     _same_weights(runs["opt"], runs["plain"])

@@ -394,8 +394,10 @@ def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = False, pack: bool
     to float rounding, with or without checkpointing), ``"recompute"``
     (bit-identical to the unfused model on CPU), or ``False`` (the default:
     leave the model as it is). Inside a checkpointed block fusion only shapes
-    the short-lived recompute, and there it measured a higher step peak and a
-    slower step than checkpointing alone (ResNet-19, docs/memory.md).
+    the short-lived recompute: BN folds into the LIF kernel where it can, and
+    what ``"recompute"`` would recompute a second time runs as the plain
+    modules (the same bits on CPU). Every 2-d max/average pooling module keeps
+    only its input's shape (and max pooling's indices) for backward.
     tcl_fast models use ``set_bn_fusion``; a converted SpikingJelly model has
     each block fused by ``fuse_bn_lif`` (its stem and Sequential stacks stay
     unfused). ``pack=True`` runs the model's forward under

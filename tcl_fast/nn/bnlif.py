@@ -287,17 +287,8 @@ def _step_modules(bn, T: int, what: str) -> tuple[tuple, bool]:
     return mods, True
 
 
-def _unfused(pairs, residual, lif, stats, in_place=False):
-    """The modules as they are: BN over T*B, or BN_t per step, then the LIF.
-
-    ``in_place``: the sums go into the first BN output (fresh, and not saved by
-    BN's backward) instead of a new tensor, where that gives the same dtype and
-    shape: the same values, one full tensor fewer alive at once."""
-    def add(a, b):
-        if in_place and a.dtype == torch.result_type(a, b) and a.shape == torch.broadcast_shapes(a.shape, b.shape):
-            return a.add_(b)
-        return a + b
-
+def _unfused(pairs, residual, lif, stats):
+    """The modules as they are: BN over T*B, or BN_t per step, then the LIF."""
     z = None
     for t, m in pairs:
         if stats == "step":
@@ -305,9 +296,8 @@ def _unfused(pairs, residual, lif, stats, in_place=False):
             zi = torch.stack([mt(yt) for mt, yt in zip(mods, t.unbind(0))])
         else:
             zi = _bn_seq(m, t)
-        z = zi if z is None else add(z, zi)
-        del zi
-    return lif(z if residual is None else add(z, residual))
+        z = zi if z is None else z + zi
+    return lif(z if residual is None else z + residual)
 
 
 def _neuron(lif) -> tuple[torch.Tensor | None, float, bool]:
@@ -536,7 +526,7 @@ def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep | BaseNode,
                              f"without a shortcut branch on the C++/CUDA kernels; "
                              f"this one has {why} (impl='auto' recomputes instead)")
     if _caller_recomputes():  # recomputed as a whole by the caller: the plain modules, same bits
-        return _unfused(pairs, residual, lif, stats, in_place=True)
+        return _unfused(pairs, residual, lif, stats)
     branches, factors, flat = [], [], []
     for t, m in pairs:
         if stats == "tb":

@@ -37,7 +37,13 @@ growth of the resident set over the step above the set before it (VmHWM after
 MALLOC_MMAP_THRESHOLD_ so freed tensors leave it), on CUDA
 ``max_memory_allocated`` above the allocation before it. Gradients of the first
 step are compared with plain's (and checkpointed rows with the same row without
-checkpointing): bit-identical or the largest difference.
+checkpointing): bit-identical or the largest difference. ``sj+memopt2`` and
+``sj+memopt4`` (CUDA only: SpikingJelly measures CUDA peaks to choose) split
+each checkpointed block into its children (``split_fn``); level 3 would chunk
+blocks in time, which BN over T*B and a neuron reset per call make inexact
+here, so it is not run. With ``--budget-mib`` each row also finds the largest
+batch (doubling, then bisection, up to ``--budget-max-batch``) whose step peak,
+measured the same way, stays within the budget: ``max_batch``.
 
 CPU timings on a shared machine are noisy: medians, and say so. Results: a
 table on stdout, JSON to --out (default benchmarks/results/local/train_step_<device>.json,
@@ -283,6 +289,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peak", action="store_true", help="whole-step peak per row, each in a fresh process")
     ap.add_argument("--peak-configs", nargs="+", default=list(PEAK_CONFIGS), choices=list(PEAK_CONFIGS))
     ap.add_argument("--threads", type=int, default=1, help="--peak: torch threads per row")
+    ap.add_argument("--budget-mib", type=float, default=None,
+                    help="--peak: also find each row's largest batch whose step peak fits this budget")
+    ap.add_argument("--budget-max-batch", type=int, default=1024, help="--peak --budget-mib: search limit")
     ap.add_argument("--peak-row", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     ap.add_argument("--peak-tmp", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -339,7 +348,9 @@ def main(argv=None) -> int:
 
 
 # -------------------------------------------------------- whole-step peak ----
-PEAK_CONFIGS = ("sj", "sj+memopt1", "plain", "pack", "fuse", "ckpt", "all")
+PEAK_CONFIGS = ("sj", "sj+memopt1", "sj+memopt2", "sj+memopt4", "plain", "pack", "fuse", "ckpt", "all")
+# SpikingJelly's memopt levels 2-4 measure CUDA peaks to decide: no CPU rows.
+CUDA_ONLY = ("sj+memopt2", "sj+memopt4")
 # Checkpointed rows are compared bit for bit with the same options without checkpointing.
 _CKPT_REFERENCE = {"ckpt": "plain", "all": "fuse"}
 MMAP_THRESHOLD = str(64 * 1024)
@@ -357,9 +368,18 @@ class _Pair(nn.Sequential):
     """conv(-BN) then neuron: the block SpikingJelly's memopt checkpoints in a VGG."""
 
 
-def _sj_memopt(model, targets, example):
+def _split_children(block):
+    """memopt's split_fn: the block's children that hold parameters or a neuron, in order."""
+    sj = _sj()
+    kinds = (SJLIF,) + ((sj[1].BaseNode,) if sj else ())
+    return [c for c in block.children()
+            if any(True for _ in c.parameters()) or any(isinstance(m, kinds) for m in c.modules())]
+
+
+def _sj_memopt(model, targets, example, level=1):
     from spikingjelly.activation_based import memopt
-    return memopt.optimize_memory(model, targets, example, level=1)
+    split = {"split_fn": _split_children} if level >= 2 else {}
+    return memopt.optimize_memory(model, targets, example, level=level, **split)
 
 
 def peak_variant(name, cfg, T, device, x):
@@ -371,8 +391,8 @@ def peak_variant(name, cfg, T, device, x):
         base = sj_zoo_resnet18(ncls).to(device)
         if cfg.startswith("sj"):
             runner = Runner(base, False, static, T, zoo=True)
-            if cfg == "sj+memopt1":
-                _sj_memopt(base, (spiking_resnet.BasicBlock,), lambda m: runner.forward(x))
+            if cfg.startswith("sj+memopt"):
+                _sj_memopt(base, (spiking_resnet.BasicBlock,), lambda m: runner.forward(x), int(cfg[-1]))
             return runner
         m = tcl_fast.convert_spikingjelly(base, backend="auto")
     else:
@@ -381,7 +401,7 @@ def peak_variant(name, cfg, T, device, x):
         if cfg.startswith("sj"):
             m = swap_neurons(base, SJLIF).to(device)
             runner = Runner(m, False, static, T)
-            if cfg == "sj+memopt1":
+            if cfg.startswith("sj+memopt"):
                 from tcl_fast.models.resnet import BasicBlock
                 if name == "vggsnn":  # pair each conv-BN with its neuron, as memopt's VGG example does
                     mods, grouped, i = list(m.body), [], 0
@@ -393,7 +413,7 @@ def peak_variant(name, cfg, T, device, x):
                             grouped.append(mods[i])
                             i += 1
                     m.body = nn.Sequential(*grouped)
-                _sj_memopt(m, (BasicBlock, _Pair), lambda mm: runner.forward(x))
+                _sj_memopt(m, (BasicBlock, _Pair), lambda mm: runner.forward(x), int(cfg[-1]))
             return runner
         m = base
     zoo = name == "sj_resnet18"
@@ -409,6 +429,61 @@ def peak_variant(name, cfg, T, device, x):
     return Runner(m, cfg in ("pack", "all"), static, T, zoo=zoo)
 
 
+def _step_peak(runner, opt, x, y, device, after_backward=None):
+    """(peak bytes above the step's start, seconds) of one forward + backward + SGD step."""
+    import gc
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS") * 1024
+    t0 = time.perf_counter()
+    runner.loss(x, y).backward()
+    if after_backward is not None:
+        after_backward()
+    opt.step()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else _status_kib("VmHWM") * 1024) - base
+    return peak, dt
+
+
+def max_batch_within(runner, opt, name, T, device, budget_bytes, limit):
+    """The largest batch (doubling, then bisection, at most ``limit``) whose step peak is at most
+    ``budget_bytes``; a CUDA out-of-memory counts as not fitting. Returns (batch, [(batch, peak)])."""
+    probes = []
+
+    def fits(b):
+        x, y = make_input(name, b, T, device)
+        try:
+            peak, _ = _step_peak(runner, opt, x, y, device)
+        except torch.cuda.OutOfMemoryError:
+            peak = None
+        finally:
+            del x, y
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        probes.append((b, peak))
+        return peak is not None and peak <= budget_bytes
+
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, probes
+
+
 def peak_child(args) -> int:
     """One --peak row in this (fresh) process: prints a JSON line, saves first-step gradients."""
     torch.set_num_threads(args.threads)
@@ -418,33 +493,25 @@ def peak_child(args) -> int:
     x, y = make_input(name, args.batch, T, device)
     runner = peak_variant(name, cfg, T, device, x)
     opt = torch.optim.SGD(runner.model.parameters(), lr=1e-3, momentum=0.9)
-    import gc
     peaks, times = [], []
     for i in range(args.repeats + 1):
-        opt.zero_grad(set_to_none=True)
-        gc.collect()
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            base = _status_kib("VmRSS") * 1024
-        t0 = time.perf_counter()
-        runner.loss(x, y).backward()
+        save = None
         if i == 0:  # the first step's gradients, before any update: compared across rows
-            torch.save([p.grad for p in runner.model.parameters()], os.path.join(args.peak_tmp, f"{name}_{cfg}.pt"))
-        opt.step()
-        _sync(device)
-        dt = time.perf_counter() - t0
-        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                else _status_kib("VmHWM") * 1024) - base
+            def save():
+                torch.save([p.grad for p in runner.model.parameters()],
+                           os.path.join(args.peak_tmp, f"{name}_{cfg}.pt"))
+        peak, dt = _step_peak(runner, opt, x, y, device, save)
         if i:  # the first step creates the momentum buffers and warms up
             peaks.append(peak)
             times.append(dt)
-    print("PEAK_ROW " + json.dumps(dict(peak_bytes=max(peaks), peak_bytes_all=peaks, step_ms=1e3 * statistics.median(times),
-                                        step_ms_all=[1e3 * t for t in times])), flush=True)
+    row = dict(peak_bytes=max(peaks), peak_bytes_all=peaks, step_ms=1e3 * statistics.median(times),
+               step_ms_all=[1e3 * t for t in times])
+    if args.budget_mib is not None:
+        del x, y
+        row["budget_mib"] = args.budget_mib
+        row["max_batch"], row["budget_probes"] = max_batch_within(
+            runner, opt, name, T, device, args.budget_mib * 2**20, args.budget_max_batch)
+    print("PEAK_ROW " + json.dumps(row), flush=True)
     return 0
 
 
@@ -475,9 +542,14 @@ def peak_main(args, argv) -> int:
                 if cfg.startswith("sj") and _sj() is None:
                     print(f"# spikingjelly not installed: {model_name} {cfg} skipped")
                     continue
+                if cfg in CUDA_ONLY and device.type != "cuda":
+                    print(f"# {model_name} {cfg} skipped: SpikingJelly's memopt levels 2-4 need CUDA")
+                    continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--peak-row", model_name, cfg, "--device", args.device,
                        "--T", str(args.T[0]), "--batch", str(args.batch), "--repeats", str(args.repeats),
                        "--threads", str(args.threads), "--peak-tmp", tmp] + (["--hw", str(args.hw)] if args.hw else [])
+                if args.budget_mib is not None:
+                    cmd += ["--budget-mib", str(args.budget_mib), "--budget-max-batch", str(args.budget_max_batch)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_ROW ")), None)
                 if proc.returncode != 0 or line is None:
@@ -487,7 +559,8 @@ def peak_main(args, argv) -> int:
                 by_cfg[cfg] = row
                 rows.append(row)
                 _write_peak(out_path, rows, name, device, argv, args)  # a stopped run keeps its rows
-                print(f"# {model_name} {cfg}: peak {row['peak_bytes'] / 2**20:.1f} MiB, step {row['step_ms']:.0f} ms",
+                print(f"# {model_name} {cfg}: peak {row['peak_bytes'] / 2**20:.1f} MiB, step {row['step_ms']:.0f} ms"
+                      + (f", max batch {row['max_batch']} within {args.budget_mib:g} MiB" if "max_batch" in row else ""),
                       flush=True)
             grads = lambda c: os.path.join(tmp, f"{model_name}_{c}.pt")  # noqa: E731
             for cfg, row in by_cfg.items():  # ratios and gradient checks once every row is in
@@ -495,6 +568,8 @@ def peak_main(args, argv) -> int:
                     if ref_name in by_cfg:
                         row[f"peak_vs_{key}"] = row["peak_bytes"] / by_cfg[ref_name]["peak_bytes"]
                         row[f"time_vs_{key}"] = row["step_ms"] / by_cfg[ref_name]["step_ms"]
+                        if by_cfg[ref_name].get("max_batch") and "max_batch" in row:
+                            row[f"max_batch_vs_{key}"] = row["max_batch"] / by_cfg[ref_name]["max_batch"]
                 if "plain" in by_cfg:
                     row["grads_equal_plain"], row["grads_max_rel_diff_plain"] = _grad_diff(grads(cfg), grads("plain"))
                 ref = _CKPT_REFERENCE.get(cfg)
@@ -516,7 +591,8 @@ def _write_peak(out_path, rows, name, device, argv, args):
                        measure=("max_memory_allocated above the step's start" if device.type == "cuda" else
                                 "VmHWM after clear_refs=5 minus VmRSS at the step's start, "
                                 f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"),
-                       threads=args.threads, hw=args.hw, batch=args.batch, repeats=args.repeats, rows=rows), f, indent=1)
+                       threads=args.threads, hw=args.hw, batch=args.batch, repeats=args.repeats,
+                       budget_mib=args.budget_mib, rows=rows), f, indent=1)
     os.replace(tmp, out_path)
 
 
@@ -525,7 +601,8 @@ def _print_peak_row(r):
     print(f"{r['model']:<12} T={r['T']:<3} {r['config']:<11} peak {r['peak_bytes'] / 2**20:8.1f} MiB"
           f"  x plain {_fmt(r.get('peak_vs_plain'), '.3f'):>6}  x memopt1 {_fmt(r.get('peak_vs_memopt1'), '.3f'):>6}"
           f"  step {r['step_ms']:7.0f} ms  x plain {_fmt(r.get('time_vs_plain'), '.2f'):>5}"
-          f"  grads bit-equal {r.get('grads_reference', 'plain')}: {eq}", flush=True)
+          f"  grads bit-equal {r.get('grads_reference', 'plain')}: {eq}"
+          + (f"  max batch {r['max_batch']} within {r['budget_mib']:g} MiB" if "max_batch" in r else ""), flush=True)
 
 
 def _write(out_path, rows, name, device, argv, args, time_batch):

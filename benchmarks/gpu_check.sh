@@ -207,11 +207,16 @@ stage bench_train_step | tee -a "$LOG"
 read -r -a STEP_ARGS <<< "${STEP_ARGS:---models resnet19 sj_resnet18 --T 6 --batch 32 --time-T 6 --repeats 5 --budget-gib 16 --budget-T 6}"
 timed "${T_STEP:-150}" python benchmarks/bench_train_step.py --device cuda "${STEP_ARGS[@]}" --out "$OUT/train_step_cuda.json" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-# Whole-step peak (max_memory_allocated) per method, each row a fresh process: tcl_fast plain,
-# + pack, + fuse, + optimize_memory, all, beside SpikingJelly and its memopt level 1; table in the log only.
-stage "step peak (optimize_memory)" | tee -a "$LOG"
-timeout "${T_PEAK:-150}" python benchmarks/bench_train_step.py --peak --device cuda --models resnet19 sj_resnet18 \
-  --T 4 --batch 32 --repeats 3 --out /tmp/train_step_peak_cuda.json 2>&1 | tee -a "$LOG"
+# Whole-step peak (max_memory_allocated) per method, each row a fresh process, and the largest
+# batch whose step peak fits PEAK_BUDGET_MIB (doubling, then bisection): tcl_fast plain,
+# optimize_memory alone (ckpt) and with pack + BN fusion (all), beside SpikingJelly's memopt at
+# levels 1, 2 (blocks split into their children) and 4 (2, then greedy unwrapping); level 3
+# (chunks in time) is not exact with BN over T*B. Rows print as they finish (a timeout keeps
+# them); table in the log only.
+stage "step peak and batch within a budget (optimize_memory)" | tee -a "$LOG"
+timeout "${T_PEAK:-240}" python benchmarks/bench_train_step.py --peak --device cuda --models resnet19 sj_resnet18 \
+  --T 4 --batch 32 --repeats 3 --peak-configs plain ckpt all sj+memopt1 sj+memopt2 sj+memopt4 \
+  --budget-mib "${PEAK_BUDGET_MIB:-4096}" --budget-max-batch 1024 --out /tmp/train_step_peak_cuda.json 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # BN inside the LIF kernel per block, and a per-channel tau against a shared one: tables in the
 # log only (OUT holds at most 8 files).

@@ -32,9 +32,14 @@ import sys
 import warnings
 
 import torch
+import inspect
+
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
+from tcl_fast.nn.bnlif import recomputed_by_caller
 from tcl_fast.nn.lif import LIFMultiStep
 from tcl_fast.nn.neurons import BaseNode
 from tcl_fast.ops.pack import pack_spikes
@@ -124,11 +129,13 @@ def _run_checkpointed(module: nn.Module, forward, *inputs: torch.Tensor):
     def run(*block_inputs):
         if first[0]:
             first[0] = False
-            return forward(*block_inputs)
+            with recomputed_by_caller():
+                return forward(*block_inputs)
         after = _capture(module)  # the state the step left; put back once recomputed
         _restore(before)
         try:
-            return forward(*block_inputs)
+            with recomputed_by_caller():
+                return forward(*block_inputs)
         finally:
             _restore(after)
 
@@ -235,6 +242,92 @@ class _Segment(nn.Module):
             yield from m.parameters()
 
 
+# ---------------------------------------------------------------- pooling ----
+class _PoolKeepsShape(torch.autograd.Function):
+    """2-d max or average pooling whose backward keeps the input's shape, not the input.
+
+    Autograd saves a pooling op's input, but its backward reads only the
+    input's sizes (max pooling: and the argmax indices, kept here): the
+    same ATen backward is called with a zero-stride stand-in of that shape,
+    so the gradient is the same tensor bit for bit while the input (a full
+    tensor, or the full unpacked copy of spikes kept as bits) is not held.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kind, args):
+        if kind == "max":
+            out, idx = torch.ops.aten.max_pool2d_with_indices(x, *args)
+            ctx.save_for_backward(idx)
+        else:
+            out = torch.ops.aten.avg_pool2d(x, *args)
+        ctx.kind, ctx.args, ctx.shape = kind, args, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        stand_in = grad.new_zeros(()).expand(ctx.shape)
+        if ctx.kind == "max":
+            (idx,) = ctx.saved_tensors
+            g = torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), stand_in, *ctx.args, idx)
+        else:
+            g = torch.ops.aten.avg_pool2d_backward(grad.contiguous(), stand_in, *ctx.args)
+        return g, None, None
+
+
+def _pool_args(func, args, kwargs):
+    """(kind, ATen arguments, input) for F.max_pool2d / F.avg_pool2d calls this can take, else None."""
+    from torch.nn.modules.utils import _pair
+    try:
+        if func is F.max_pool2d:
+            b = inspect.signature(F._max_pool2d).bind(*args, **kwargs)
+        elif func is F.avg_pool2d:
+            b = _AVG_SIG.bind(*args, **kwargs)
+        else:
+            return None
+    except TypeError:
+        return None
+    b.apply_defaults()
+    a = b.arguments
+    x = a["input"]
+    if (not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_contiguous() or not x.requires_grad
+            or a.get("return_indices")):
+        return None
+    k = _pair(a["kernel_size"])
+    stride = _pair(a["stride"]) if a["stride"] not in (None, []) else k
+    if func is F.max_pool2d:
+        return "max", (list(k), list(stride), list(_pair(a["padding"])), list(_pair(a["dilation"])),
+                       bool(a["ceil_mode"])), x
+    return "avg", (list(k), list(stride), list(_pair(a["padding"])), bool(a["ceil_mode"]),
+                   bool(a["count_include_pad"]), a["divisor_override"]), x
+
+
+def _avg_pool2d_signature(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+                          count_include_pad=True, divisor_override=None):
+    pass
+
+
+_AVG_SIG = inspect.signature(_avg_pool2d_signature)
+
+
+class _PoolMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.max_pool2d or func is F.avg_pool2d:
+            found = _pool_args(func, args, kwargs)
+            if found is not None:
+                kind, aten_args, x = found
+                return _PoolKeepsShape.apply(x, kind, aten_args)
+        return func(*args, **kwargs)
+
+
+def _pool_forward(self, *args, **kwargs):
+    base_forward = super(type(self), self).forward
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return base_forward(*args, **kwargs)
+    with _PoolMode():
+        return base_forward(*args, **kwargs)
+
+
 def _wrap_root(self, *args, **kwargs):
     with pack_spikes():
         return super(type(self), self).forward(*args, **kwargs)
@@ -301,8 +394,10 @@ def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = False, pack: bool
     to float rounding, with or without checkpointing), ``"recompute"``
     (bit-identical to the unfused model on CPU), or ``False`` (the default:
     leave the model as it is). Inside a checkpointed block fusion only shapes
-    the short-lived recompute, and there it measured a higher step peak and a
-    slower step than checkpointing alone (ResNet-19, docs/memory.md).
+    the short-lived recompute: BN folds into the LIF kernel where it can, and
+    what ``"recompute"`` would recompute a second time runs as the plain
+    modules (the same bits on CPU). Every 2-d max/average pooling module keeps
+    only its input's shape (and max pooling's indices) for backward.
     tcl_fast models use ``set_bn_fusion``; a converted SpikingJelly model has
     each block fused by ``fuse_bn_lif`` (its stem and Sequential stacks stay
     unfused). ``pack=True`` runs the model's forward under
@@ -360,6 +455,9 @@ def optimize_memory(model: nn.Module, *, fuse_bn: bool | str = False, pack: bool
         found += [(order[f"{path}.{names[a]}" if path else names[a]], f"{path}[{names[a]}:{names[b - 1]}]")
                   for a, b, checkpointed in segments if checkpointed]
     paths = [p for _, p in sorted(found)]
+    for m in model.modules():  # pooling keeps its input's shape for backward, not the input
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and not getattr(m, "return_indices", False):
+            m.__class__ = _subclass(type(m), "ShapeSaved", {"forward": _pool_forward, "fx_leaf": True})
     if fuse_bn and not tcl_model:
         _try_fuse(model, fuse_bn)  # the rest (a stem's BN -> neuron), the blocks called as they are
     if pack:

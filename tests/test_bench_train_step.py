@@ -51,3 +51,30 @@ def test_rows_are_kept_when_the_run_stops_part_way(tmp_path):
         proc.wait(timeout=60)
     rows = json.loads(out.read_text())["rows"]
     assert [r["config"] for r in rows][:1] == ["plain"]
+
+
+def test_peak_budget_mode_finds_the_largest_batch_within_the_budget(tmp_path):
+    # --peak --budget-mib: each row (a fresh process) also searches the largest batch whose
+    # whole-step peak (here CPU resident-set growth) fits; the answer must agree with its probes.
+    out = tmp_path / "peak.json"
+    budget, limit = 60.0, 8
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_train_step.py"), "--peak", "--device", "cpu",
+           "--models", "resnet19", "--peak-configs", "plain", "ckpt", "sj+memopt2", "--T", "2", "--batch", "2",
+           "--hw", "8", "--repeats", "1", "--budget-mib", str(budget), "--budget-max-batch", str(limit),
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if ("sj+memopt2 skipped" not in proc.stdout) and ("not installed" not in proc.stdout):
+        raise AssertionError("memopt level 2 needs CUDA: the CPU run must skip it and say so")
+    result = json.loads(out.read_text())
+    assert result["budget_mib"] == budget
+    rows = {r["config"]: r for r in result["rows"]}
+    assert set(rows) == {"plain", "ckpt"}
+    for r in rows.values():
+        fits = {b: p is not None and p <= budget * 2**20 for b, p in r["budget_probes"]}
+        best = r["max_batch"]
+        assert 0 <= best <= limit
+        assert best == 0 or fits[best]
+        assert best == limit or not fits.get(best + 1, False)
+        assert best == max([b for b, ok in fits.items() if ok], default=0)
+    assert rows["ckpt"]["grads_equal_reference"] is True

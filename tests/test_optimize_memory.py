@@ -261,3 +261,25 @@ def test_block_outputs_are_kept_as_bits_only():
     assert _block_output_alive(plain, plain.body[1], x)  # the next block's conv saved it
     opt = tcl_fast.optimize_memory(_build("resnet19"), fuse_bn=False, pack=False)
     assert not _block_output_alive(opt, opt.body[1], x)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.AvgPool2d(2), lambda: nn.MaxPool2d(3, 2, 1),
+                                  lambda: layer.MaxPool2d(3, 2, 1, step_mode="m")])
+def test_pooling_keeps_the_input_shape_not_the_input(make):
+    """optimize_memory's pooling: the same output and input gradient bit for bit, and its
+    backward node holds the argmax indices (max) or nothing (average), not the input."""
+    opt = tcl_fast.optimize_memory(nn.Sequential(make(), tcl_fast.nn.LIFMultiStep()))
+    pool, plain = opt[0], make()
+    assert type(pool).__name__.startswith("ShapeSaved")
+    shape = (T, B, 3, 8, 8) if getattr(plain, "step_mode", "s") == "m" else (T * B, 3, 8, 8)
+    x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = plain(a), pool(b)
+    node = yb.grad_fn
+    while type(node).__name__ != "_PoolKeepsShapeBackward":  # SpikingJelly's multi-step view on top
+        node = node.next_functions[0][0]
+    assert all(t.dtype == torch.int64 for t in node.saved_tensors)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)

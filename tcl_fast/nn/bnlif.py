@@ -36,6 +36,9 @@ Two layouts of the statistics (``stats=``):
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +136,33 @@ def _normalise(branches, stats, ys, weights, biases, factors, T):
             zi = zi.view(T, -1, *zi.shape[1:]) if zi.is_contiguous() else zi.reshape(T, -1, *zi.shape[1:])
         z = zi if z is None else z + zi
     return z
+
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def recomputed_by_caller():
+    """Inside, ``bn_lif`` runs the blocks it would recompute (``impl="recompute"``, and
+    ``"auto"`` where the kernel does not apply) as the plain modules instead.
+
+    For a caller that recomputes the whole region in backward itself
+    (tcl_fast.optimize_memory's checkpointed blocks): there the BN output is
+    never kept anyway, and a second, nested recompute would only hold its own
+    graph on top of the caller's and run BN and the LIF once more. The plain
+    modules are what ``"recompute"`` equals bit for bit on CPU, so the values
+    and gradients do not change.
+    """
+    depth = getattr(_LOCAL, "depth", 0)
+    _LOCAL.depth = depth + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth = depth
+
+
+def _caller_recomputes() -> bool:
+    return getattr(_LOCAL, "depth", 0) > 0
 
 
 # Positions of _BNLIFFunction.forward's tensor inputs (for ctx.needs_input_grad).
@@ -495,6 +525,8 @@ def bn_lif(y: torch.Tensor, bn: nn.Module, lif: LIFMultiStep | BaseNode,
             raise ValueError(f"bn_lif(impl='kernel'): BN folds into the LIF kernel for stats='tb' blocks "
                              f"without a shortcut branch on the C++/CUDA kernels; "
                              f"this one has {why} (impl='auto' recomputes instead)")
+    if _caller_recomputes():  # recomputed as a whole by the caller: the plain modules, same bits
+        return _unfused(pairs, residual, lif, stats)
     branches, factors, flat = [], [], []
     for t, m in pairs:
         if stats == "tb":

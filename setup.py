@@ -67,10 +67,12 @@ def _cuda_build_wanted() -> bool:
 
 def _extension():
     csrc = os.path.join("csrc")
-    # One translation unit per CPU dtype (mamba-style), so builds run them in parallel.
-    cpu_sources = ("ops.cpp", "lif_tuning.cpp", "lif_common.cpp", "lif_cpu.cpp", "lif_cpu_float.cpp",
-                   "lif_cpu_double.cpp", "lif_cpu_half.cpp", "lif_cpu_bfloat16.cpp", "lif_thread_mapping_test_ops.cpp",
-                   "spike_pack.cpp")
+    # One translation unit per CPU dtype (mamba-style), so builds run them in parallel;
+    # ops_unity.cpp compiles the schemas, registrations and helpers (ops, lif_cpu,
+    # lif_common, lif_tuning, spike_pack) as one unit, parsing torch's headers once.
+    # Longest first: ninja starts them in this order, so no long file starts last.
+    cpu_sources = ("lif_cpu_float.cpp", "lif_cpu_half.cpp", "lif_thread_mapping_test_ops.cpp",
+                   "lif_cpu_bfloat16.cpp", "lif_cpu_double.cpp", "ops_unity.cpp")
     sources = [os.path.join(csrc, f) for f in cpu_sources]
     # -ffp-contract=off: no FMA contraction, so spikes match the reference bit for bit.
     # -fno-trapping-math: lets GCC if-convert the compares so the lane loops vectorise

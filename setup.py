@@ -79,10 +79,13 @@ def _extension():
     # (changes no value; only FP-exception semantics, which torch does not use).
     # -g0: Python's build flags ask for debug info, which made _C.so six times larger
     # and the compile slower; nobody steps through these kernels in a debugger.
-    # -O2, not -O3: the lane loops are `omp simd` loops, which GCC vectorises at -O2
-    # too; -O3 took half again as long to compile (the float kernels' file, CPU
-    # time) for no measured kernel speed (A/B in docs/benchmarks.md, build).
-    cxx = ["-O2", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
+    # -O2 -funswitch-loops, not -O3: of what -O3 adds, loop unswitching (a copy of
+    # the backward's chunk loops per optional input, v0, grad_v_last, addend, given
+    # or not) is what the kernels' speed needs: at plain -O2 the float32 backward
+    # took 1.3-1.5x the -O3 time, and -O3 without unswitching as well. This pair
+    # compiles the float32 kernels in 63 s of CPU against 85 s at -O3 (A/B in
+    # docs/benchmarks.md, build).
+    cxx = ["-O2", "-funswitch-loops", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
     if _cuda_build_wanted():
         sources += [os.path.join(csrc, f) for f in ("lif_cuda_ops.cpp", "lif_cuda.cu", "lif_cuda_float.cu",

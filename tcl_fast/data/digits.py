@@ -10,6 +10,8 @@ normalising so the padding is true background.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Callable
 
 import numpy as np
@@ -44,7 +46,16 @@ class TensorImageDataset(Dataset):
         return x, int(self.labels[index])
 
 
-def _load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _split_cache_path() -> str:
+    """Where the split is kept after its first computation: importing scikit-learn
+    costs about 2 s, paid by every process that builds the set (each rank of a
+    distributed run, each subprocess of the tests) unless the split is read back."""
+    root = os.environ.get("TCL_FAST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "tcl_fast")
+    return os.path.join(root, f"digits_split_test{TEST_FRACTION}_seed{SPLIT_SEED}.npz")
+
+
+def _compute_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -54,6 +65,37 @@ def _load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         images, data.target.astype(np.int64),
         test_size=TEST_FRACTION, stratify=data.target, random_state=SPLIT_SEED,
     )
+
+
+_SPLIT_KEYS = ("x_train", "x_test", "y_train", "y_test")
+
+
+def _load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed split, read from the cache file when it is there and whole, else
+    computed with scikit-learn and written (atomically: a concurrent or interrupted
+    writer leaves no partial file). An unwritable cache folder only costs the speed."""
+    path = _split_cache_path()
+    try:
+        with np.load(path) as cached:
+            arrays = tuple(cached[k] for k in _SPLIT_KEYS)
+        if arrays[0].shape[1:] == (1, IMAGE_SIZE, IMAGE_SIZE) and len(arrays[0]) + len(arrays[1]) == 1797:
+            return arrays
+    except Exception:  # missing, truncated or foreign file: compute it again
+        pass
+    arrays = _compute_split()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **dict(zip(_SPLIT_KEYS, arrays)))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except OSError:
+        pass
+    return arrays
 
 
 def build_digits(*, two_views: bool = False, augment: bool = True):

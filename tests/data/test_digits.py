@@ -105,3 +105,24 @@ def test_digits_two_view_batches_collate():
     (x1, x2), y = next(iter(DataLoader(b.train, batch_size=16, shuffle=False)))
     assert x1.shape == x2.shape == (16, 1, 8, 8)
     assert y.shape == (16,) and y.dtype == torch.int64
+
+
+def test_digits_split_cache_equals_the_computed_split_and_survives_a_bad_file(tmp_path, monkeypatch):
+    import numpy as np
+    from tcl_fast.data import digits
+
+    monkeypatch.setenv("TCL_FAST_CACHE", str(tmp_path))
+    path = digits._split_cache_path()
+    assert str(tmp_path) in path
+    computed = digits._compute_split()
+    first = digits._load_split()  # computes and writes the cache
+    assert (tmp_path / path.split("/")[-1]).exists()
+    with np.load(path) as f:  # the file holds exactly the split
+        assert all(np.array_equal(f[k], c) for k, c in zip(digits._SPLIT_KEYS, computed))
+    for bad in (b"", b"not an npz"):  # truncated / garbage: recomputed and rewritten
+        with open(path, "wb") as f:
+            f.write(bad)
+        again = digits._load_split()
+        assert all(np.array_equal(a, c) and a.dtype == c.dtype for a, c in zip(again, computed))
+    assert all(np.array_equal(a, c) for a, c in zip(first, computed))
+    assert [p.name for p in tmp_path.iterdir()] == [path.split("/")[-1]]  # no temporary files left

@@ -161,6 +161,12 @@ def test_snntorch_reader_matches_at_every_step(run, digits_inputs, tmp_path):
 
 def test_norse_reader_matches_at_every_step(run, digits_inputs, tmp_path):
     norse_torch = require("norse.torch")
+    if not hasattr(norse_torch, "from_nir"):
+        # Norse's NIR reader came with 1.1.0, whose PyPI sdist reports version 0.0.0 when
+        # built outside its git checkout, so pip in a fresh environment rejects it and
+        # installs 1.0.0, which has no reader (docs/deploy.md says how to get 1.1.0).
+        pytest.skip(f"norse {getattr(__import__('norse'), '__version__', '?')} has no from_nir "
+                    "(NIR reader: norse >= 1.1.0)")
     from norse.torch.module.lif_box import LIFBoxCell
 
     def step(module, x):

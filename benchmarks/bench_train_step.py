@@ -204,6 +204,19 @@ def peak_step_bytes(runner, x, y, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def largest_fitting(fits, limit):
+    """The largest batch b <= limit with fits(b) (0 if none), fits monotone: doubling, then
+    bisection between the last batch that fitted and the first that did not."""
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def max_batch(runner, name, T, device, budget_bytes, limit=4096):
     def fits(b):
         try:
@@ -214,14 +227,7 @@ def max_batch(runner, name, T, device, budget_bytes, limit=4096):
         finally:
             runner.model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-    lo, hi = 0, 1
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return largest_fitting(fits, limit)
 
 
 def variants(name, T, device, configs):
@@ -474,14 +480,7 @@ def max_batch_within(runner, opt, name, T, device, budget_bytes, limit):
         probes.append((b, peak))
         return peak is not None and peak <= budget_bytes
 
-    lo, hi = 0, 1
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo, probes
+    return largest_fitting(fits, limit), probes
 
 
 def peak_child(args) -> int:

@@ -368,15 +368,14 @@ void with_cpu_isa_for(F&& f) {
   if constexpr (std::is_same<S, double>::value) {
     f(std::integral_constant<CpuIsa, CpuIsa::kBaseline>{});
   } else if constexpr (simd_only_storage<S>()) {
-#if TCL_CPU_MULTI_ISA
-    switch (cpu_isa()) {
-      case CpuIsa::kAvx512: f(std::integral_constant<CpuIsa, CpuIsa::kAvx512>{}); return;
-      case CpuIsa::kAvx2Fma: f(std::integral_constant<CpuIsa, CpuIsa::kAvx2Fma>{}); return;
-      default: break;
-    }
-#endif
-    TORCH_CHECK(false, "tcl_fast::lif: internal error: 16-bit storage on the baseline ISA must run "
-                "through float32 (runs_via_float32)");
+    with_cpu_isa([&](auto isa) {
+      if constexpr (decltype(isa)::value == CpuIsa::kBaseline) {
+        TORCH_CHECK(false, "tcl_fast::lif: internal error: 16-bit storage on the baseline ISA must run "
+                    "through float32 (runs_via_float32)");
+      } else {
+        f(isa);
+      }
+    });
   } else {
     with_cpu_isa(f);
   }

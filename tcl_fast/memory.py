@@ -31,9 +31,9 @@ from __future__ import annotations
 import sys
 import warnings
 
-import torch
 import inspect
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -279,7 +279,7 @@ def _pool_args(func, args, kwargs):
     from torch.nn.modules.utils import _pair
     try:
         if func is F.max_pool2d:
-            b = inspect.signature(F._max_pool2d).bind(*args, **kwargs)
+            b = _MAX_SIG.bind(*args, **kwargs)
         elif func is F.avg_pool2d:
             b = _AVG_SIG.bind(*args, **kwargs)
         else:
@@ -307,6 +307,7 @@ def _avg_pool2d_signature(input, kernel_size, stride=None, padding=0, ceil_mode=
 
 
 _AVG_SIG = inspect.signature(_avg_pool2d_signature)
+_MAX_SIG = inspect.signature(F._max_pool2d)  # F.max_pool2d's implementation, whose arguments it binds
 
 
 class _PoolMode(TorchFunctionMode):

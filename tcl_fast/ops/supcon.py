@@ -82,13 +82,22 @@ def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _assume_constant_result(fn):
+    """torch.compiler.assume_constant_result, without its import of torch._dynamo
+    (2 s in every process that imports tcl_fast, `tcl-fast eval` and export included):
+    the decorator only sets this mark, which torch.compile reads when it traces a call
+    (tests/ops/test_supcon.py checks that torch's decorator still sets just this)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 # Plain Python facts about the install: torch.compile may treat them as constants.
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _triton_usable() -> bool:
     return _extension.has_triton()
 
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _tf32_allowed() -> bool:
     return (torch.backends.cuda.matmul.allow_tf32
             or torch.get_float32_matmul_precision() != "highest")

@@ -522,3 +522,15 @@ def test_zero_row_has_f_normalize_gradient(backend):
     z = z.to(_device(backend)).requires_grad_()
     supcon_loss(z, torch.tensor([0, 0, 1, 1], device=z.device), backend=backend).backward()
     assert torch.isfinite(z.grad).all() and z.grad[0].abs().max() > 1e9
+
+
+def test_constant_result_mark_is_the_one_torch_compile_sets():
+    """supcon marks its install facts constant without importing torch._dynamo: the mark
+    must be exactly what torch.compiler.assume_constant_result sets."""
+    def probe():
+        return True
+    before = dict(vars(probe))
+    assert torch.compiler.assume_constant_result(probe) is probe
+    assert {k: v for k, v in vars(probe).items() if k not in before} == {"_dynamo_marked_constant": True}
+    for fn in (supcon_module._triton_usable, supcon_module._tf32_allowed):
+        assert fn._dynamo_marked_constant is True

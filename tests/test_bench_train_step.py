@@ -1,8 +1,11 @@
 """benchmarks/bench_train_step.py runs end to end at a tiny size and writes its rows."""
+import functools
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +60,8 @@ def test_peak_budget_mode_finds_the_largest_batch_within_the_budget(tmp_path):
     # --peak --budget-mib: each row (a fresh process) also searches the largest batch whose
     # whole-step peak (here CPU resident-set growth) fits; the answer must agree with its probes.
     out = tmp_path / "peak.json"
-    budget, limit = 60.0, 8
+    # limit 4: doubling probes 1, 2, 4 and at most one bisection (test_largest_fitting covers the search)
+    budget, limit = 60.0, 4
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_train_step.py"), "--peak", "--device", "cpu",
            "--models", "resnet19", "--peak-configs", "plain", "ckpt", "sj+memopt2", "--T", "2", "--batch", "2",
            "--hw", "8", "--repeats", "1", "--budget-mib", str(budget), "--budget-max-batch", str(limit),
@@ -78,3 +82,30 @@ def test_peak_budget_mode_finds_the_largest_batch_within_the_budget(tmp_path):
         assert best == limit or not fits.get(best + 1, False)
         assert best == max([b for b, ok in fits.items() if ok], default=0)
     assert rows["ckpt"]["grads_equal_reference"] is True
+
+
+@functools.lru_cache(maxsize=None)
+def _bench_train_step_module():
+    import importlib.util
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # the script imports its _common
+    spec = importlib.util.spec_from_file_location("bench_train_step", os.path.join(ROOT, "benchmarks",
+                                                                                  "bench_train_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 8, 13])
+def test_largest_fitting_finds_every_threshold_with_few_probes(limit):
+    largest_fitting = _bench_train_step_module().largest_fitting
+    for threshold in range(0, limit + 3):  # batches up to `threshold` fit
+        probes = []
+
+        def fits(b):
+            assert 1 <= b <= limit, b  # never probes outside 1..limit
+            probes.append(b)
+            return b <= threshold
+
+        assert largest_fitting(fits, limit) == min(threshold, limit)
+        assert len(probes) == len(set(probes))  # no batch probed twice
+        assert len(probes) <= 2 * limit.bit_length() + 1

@@ -208,6 +208,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# One worker runs this module under `--dist loadgroup`, so the two-process run below starts once.
+pytestmark = pytest.mark.xdist_group("test_distributed")
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("dist")

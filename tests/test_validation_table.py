@@ -112,6 +112,11 @@ FUNCTION_CASES = {
 NOT_YET_NAMED: dict = {}
 
 
+# Its tests share a module-scoped training run (good_run): under `--dist loadgroup` one worker
+# runs the whole module, so the run is made once.
+pytestmark = pytest.mark.xdist_group("test_validation_table")
+
+
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("vt") / "run")

@@ -300,7 +300,10 @@ def test_gradcheck_smooth_mode(surrogate, reset, decay_input):
     # each backward against its own forward only).
     for got, want in zip(fused(x, v0, decay), reference(x, v0, decay)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(reference, (x, v0, decay))
+    # The reference in fast mode (one random projection of its Jacobian: it is torch
+    # autograd through plain ops, and its full check took ~1 s per case of the suite's
+    # time); the kernel's own backward in full, entry by entry.
+    assert torch.autograd.gradcheck(reference, (x, v0, decay), fast_mode=True)
     assert torch.autograd.gradcheck(fused, (x, v0, decay))
 
 

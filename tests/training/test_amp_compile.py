@@ -62,7 +62,8 @@ def test_contrastive_loss_takes_bf16_and_accumulates_in_float32():
 @needs_cpp
 def test_short_training_run_with_amp_bf16(tmp_path):
     out = str(tmp_path / "bf16")
-    assert main(["train", "--out", out, "--epochs", "2", "--amp", "bf16", "--limit-batches", "3",
+    # T=2: evaluating the 450 test digits under CPU bfloat16 autocast is most of this run's time.
+    assert main(["train", "--out", out, "--epochs", "2", "--amp", "bf16", "--limit-batches", "3", "--T", "2",
                  "--batch-size", "16", "--no-progress", "--backend", "cpp", "--device", "cpu"]) == 0
     with open(os.path.join(out, "log.jsonl")) as f:
         rows = [json.loads(line) for line in f]

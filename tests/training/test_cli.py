@@ -19,6 +19,11 @@ from tcl_fast.training.checkpoint import load_checkpoint, save_checkpoint
 QUICK = ["--limit-batches", "3", "--batch-size", "16", "--no-progress", "--backend", "torch"]
 
 
+# Its tests share a module-scoped training run (run1): under `--dist loadgroup` one worker
+# runs the whole module, so the run is made once.
+pytestmark = pytest.mark.xdist_group("test_cli")
+
+
 @pytest.fixture(scope="module")
 def run1(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "one")

@@ -75,6 +75,11 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
 
 
+# Its tests share a module-scoped training run (good_run): under `--dist loadgroup` one worker
+# runs the whole module, so the run is made once.
+pytestmark = pytest.mark.xdist_group("test_faults")
+
+
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("good") / "run")

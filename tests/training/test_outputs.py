@@ -12,6 +12,11 @@ from tcl_fast.cli import main
 QUICK = ["--epochs", "1", "--limit-batches", "1", "--batch-size", "8", "--no-progress", "--backend", "torch"]
 
 
+# Its tests share a module-scoped training run (runs): under `--dist loadgroup` one worker
+# runs the whole module, so the run is made once.
+pytestmark = pytest.mark.xdist_group("test_outputs")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")

@@ -30,6 +30,11 @@ def _all_finite(tree):
     return all(torch.isfinite(v.float()).all() for v in tree.values() if v.is_floating_point())
 
 
+# Its tests share a module-scoped training run (good_run): under `--dist loadgroup` one worker
+# runs the whole module, so the run is made once.
+pytestmark = pytest.mark.xdist_group("test_reliability")
+
+
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("good") / "run")

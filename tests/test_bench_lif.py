@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from benchmark_scripts import load_benchmark
 from tcl_fast import _extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,17 +87,8 @@ def test_profile_lif_splits_kernel_time_from_the_call(tmp_path):
     assert rows["torch"]["kernel_us"] is None and "NaN" not in out.read_text()
 
 
-def _benchmarks_common():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_common", os.path.join(ROOT, "benchmarks", "_common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmarks_write_outside_committed_results_unless_told():
-    common = _benchmarks_common()
+    common = load_benchmark("_common")
     default = common.output_path(None, "lif_cpu.json")
     assert os.path.dirname(default) == os.path.join(ROOT, "benchmarks", "results", "local")
     assert common.output_path("x/y.json", "lif_cpu.json") == "x/y.json"

@@ -1,11 +1,12 @@
 """benchmarks/bench_train_step.py runs end to end at a tiny size and writes its rows."""
-import functools
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from benchmark_scripts import load_benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,20 +85,9 @@ def test_peak_budget_mode_finds_the_largest_batch_within_the_budget(tmp_path):
     assert rows["ckpt"]["grads_equal_reference"] is True
 
 
-@functools.lru_cache(maxsize=None)
-def _bench_train_step_module():
-    import importlib.util
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # the script imports its _common
-    spec = importlib.util.spec_from_file_location("bench_train_step", os.path.join(ROOT, "benchmarks",
-                                                                                  "bench_train_step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("limit", [1, 2, 5, 8, 13])
 def test_largest_fitting_finds_every_threshold_with_few_probes(limit):
-    largest_fitting = _bench_train_step_module().largest_fitting
+    largest_fitting = load_benchmark("bench_train_step").largest_fitting
     for threshold in range(0, limit + 3):  # batches up to `threshold` fit
         probes = []
 

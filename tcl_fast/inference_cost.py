@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tcl_fast._plot import save_figure
+from tcl_fast._plot import new_axes, save_figure
 from tcl_fast.defaults import E_AC_PJ, E_MAC_PJ
 from tcl_fast.models.layers import set_bn_fusion
 from tcl_fast.nir_exchange import _nir, import_layer, to_nir
@@ -211,12 +211,7 @@ def format_cost_table(accuracy: dict[int, float], cost: dict) -> str:
 
 def plot_accuracy_vs_energy(curves, path: str, title: str = "accuracy vs inference energy") -> str:
     """One line per run, one point per T' (labelled), energy per sample on a log x axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = new_axes((5.5, 4))
     for name, accuracy, cost in curves:
         ts = sorted(int(t) for t in cost["per_T"])
         xs = [cost["per_T"][str(t)]["energy_uJ"] for t in ts]

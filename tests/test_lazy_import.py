@@ -30,9 +30,16 @@ def test_public_names_load_on_first_use():
                "assert set(tcl_fast.__all__) <= set(dir(tcl_fast))\n"
                "import torch\n"
                "print(int(tcl_fast.lif_multistep(torch.ones(3, 2), tau=2.0, v_threshold=0.5).sum()))\n"
-               "print('torch._dynamo' in sys.modules)")
-    spikes, dynamo = out.split()
+               "print('torch._dynamo' in sys.modules)\n"
+               # A plot uses matplotlib's Figure API: no pyplot, and the caller's backend is untouched.
+               "import os, tempfile, matplotlib\n"
+               "matplotlib.rcParams['backend'] = 'svg'\n"
+               "from tcl_fast.training.evaluation import plot_latency\n"
+               "path = plot_latency([('a', {1: 50.0, 2: 60.0})], os.path.join(tempfile.mkdtemp(), 'a.png'))\n"
+               "print(os.path.getsize(path) > 0, 'matplotlib.pyplot' in sys.modules, matplotlib.get_backend())")
+    spikes, dynamo, plotted, pyplot, backend = out.split()
     assert spikes == "6"  # h = 0 + (1 - 0) / 2 = 0.5 reaches the threshold at every step: 3 x 2 spikes
     # Nor torch.compile's machinery (2 s more in every process that runs a model, `tcl-fast
     # eval` and export included; torch's optimizers and Python custom ops still import it).
     assert dynamo == "False"
+    assert (plotted, pyplot, backend) == ("True", "False", "svg")

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from tcl_fast._plot import save_figure
+from tcl_fast._plot import new_axes, save_figure
 
 
 def to_time_first(x: torch.Tensor) -> torch.Tensor:
@@ -98,12 +98,7 @@ def plot_latency(curves: Iterable[tuple[str, dict[int, float]]], path: str,
     The y-axis runs from chance level (``chance``, in %, drawn as a dashed line)
     or else 0, up to 100, so that a one-point difference looks like one point.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = new_axes((5.5, 4))
     all_ts: set[int] = set()
     lowest: list[float] = []
     for name, accs in curves:

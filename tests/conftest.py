@@ -20,6 +20,12 @@ if _workers > 1:
     torch.set_num_threads(_threads)
     os.environ["OMP_NUM_THREADS"] = str(_threads)
 
+# Inductor compiles in the test's own process: with more than one compile thread it
+# starts a pool of worker processes, each importing torch, for the few small kernels
+# a test compiles (test_lif's inductor test: 12 s with the pool, 7 s without, alone on
+# 2 cores).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
 
 @pytest.fixture
 def two_threads():

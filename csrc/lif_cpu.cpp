@@ -37,18 +37,24 @@ std::string cpu_isa_name() {
 
 namespace {
 
-// Whether x's kernels are not built for this CPU's ISA (16-bit storage on the
-// baseline ISA, lif_cpu_kernels.h simd_only_storage): the call then runs the
+// Whether x's kernels are not built for this CPU's ISA (float16 on x86, bfloat16
+// on the baseline ISA: lif_cpu_kernels.h storage_build): the call then runs the
 // float32 kernels on float32 copies and rounds the outputs back, which gives
 // the 16-bit kernels' values.
 bool runs_via_float32(const at::Tensor& x) {
-  if (cpu_isa() != CpuIsa::kBaseline) return false;
   switch (x.scalar_type()) {
-    case at::kHalf: return simd_only_storage<c10::Half>();
-    case at::kBFloat16: return simd_only_storage<BFloat16Bits>();
+    case at::kHalf: return runs_via_float32_on_this_cpu<c10::Half>();
+    case at::kBFloat16: return runs_via_float32_on_this_cpu<BFloat16Bits>();
     default: return false;
   }
 }
+
+// The kernels of storage S, which runs_via_float32 keeps from calls the build
+// has no kernel for.
+template <typename S>
+constexpr bool has_kernels() { return storage_build<S>() != StorageBuild::kNone; }
+constexpr const char* kNoKernels = "tcl_fast::lif: internal error: a storage type without CPU kernels "
+                                   "must run through float32 (runs_via_float32)";
 
 at::Tensor as_float32(const at::Tensor& t) { return t.to(at::kFloat); }
 std::optional<at::Tensor> as_float32(const std::optional<at::Tensor>& t) {
@@ -72,7 +78,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const std::o
   auto v_last = at::empty(neuron_sizes(x), x.options());
   if (x.numel() == 0) return {spikes, v_last};
   with_kernel_storage<Float64::kSupported>(x, "lif_forward_cpu", [&](auto tag) {
-    forward_dtype<decltype(tag)>(x, v0, decay, affine, spikes, v_last, a);
+    using S = decltype(tag);
+    if constexpr (has_kernels<S>()) forward_dtype<S>(x, v0, decay, affine, spikes, v_last, a);
+    else TORCH_CHECK(false, kNoKernels);
   });
   return {spikes, v_last};
 }
@@ -99,7 +107,9 @@ BackwardBuffers backward_cpu(const at::Tensor& grad_spikes, const std::optional<
   if (x.numel() == 0) return out;
   bool known = true;
   with_kernel_storage<Float64::kSupported>(x, "lif_backward_cpu", [&](auto tag) {
-    known = backward_dtype<decltype(tag)>(grad_spikes, grad_v_last, x, v0, decay, affine, out, a);
+    using S = decltype(tag);
+    if constexpr (has_kernels<S>()) known = backward_dtype<S>(grad_spikes, grad_v_last, x, v0, decay, affine, out, a);
+    else TORCH_CHECK(false, kNoKernels);
   });
   TORCH_CHECK(known, "tcl_fast::lif: unknown surrogate id ", a.surrogate);
   return out;

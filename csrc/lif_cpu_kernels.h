@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include "lif_common.h"
+#include "lif_isa.h"
 #include "lif_threads.h"
 #include "lif_tuning.h"
 
@@ -137,12 +138,10 @@ void parallel_over_groups(int64_t T, int64_t N, F&& f) {
 // than target_clones because the fused / unfused choice is a template argument.
 // CpuIsa is in lif_tuning.h, whose cpu_isa knob caps it.
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TCL_CPU_MULTI_ISA 1
+#if TCL_CPU_MULTI_ISA  // lif_isa.h
 #define TCL_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 #define TCL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
-#define TCL_CPU_MULTI_ISA 0
 #define TCL_TARGET_AVX512
 #define TCL_TARGET_AVX2
 #endif
@@ -346,28 +345,46 @@ void backward_groups(const S* grad_spikes, const S* grad_v_last, const S* x, con
 #undef TCL_BACKWARD_GROUPS
 }
 
-// Whether S is 16-bit storage (float16, bfloat16) whose kernels are built for
-// the SIMD ISAs only. On an x86 CPU without AVX2 (or with the cpu_isa knob at
-// baseline) such calls run the float32 kernels on float32 copies instead
-// (lif_cpu.cpp, runs_via_float32), which gives the same values: the 16-bit
-// kernels compute in float32 and round once at each store, as the copy back
-// does. Without F16C, the baseline ISA converts 16-bit values in scalar code
-// anyway, and its two builds were a quarter of the 16-bit files' compile time
-// (docs/benchmarks.md, build). Single-ISA builds (aarch64) keep them native.
+// Which ISAs S's kernels are built for. A call the build has no kernel for runs
+// the float32 kernels on float32 copies instead (lif_cpu.cpp runs_via_float32),
+// which gives the same values: the 16-bit kernels compute in float32 and round
+// once at each store, as the copy back does (tested bit for bit against the
+// native kernels, tests/ops/test_lif.py).
+//  - kEveryIsa: float32, float64 (its one build, below), and every storage type
+//    on single-ISA targets (aarch64).
+//  - kSimdOnly: bfloat16 on x86, the CPU training dtype (autocast's default on
+//    the CPU): AVX2 and AVX-512 only. Without F16C-like help the baseline ISA
+//    converts in scalar code anyway, and its build was a quarter of the file's
+//    compile time.
+//  - kNone: float16 on x86. Training on the CPU in float16 is not offered (the
+//    CLI's --amp fp16 needs a GPU; torch's CPU autocast defaults to bfloat16),
+//    and its kernels were a fifth of the build's compile time (docs/benchmarks.md,
+//    build). A float16 CPU call still works, through float32.
+enum class StorageBuild { kEveryIsa, kSimdOnly, kNone };
 template <typename S>
-constexpr bool simd_only_storage() {
-  return TCL_CPU_MULTI_ISA && sizeof(S) == 2;
+constexpr StorageBuild storage_build() {
+  if constexpr (!TCL_CPU_MULTI_ISA || sizeof(S) != 2) return StorageBuild::kEveryIsa;
+  else if constexpr (std::is_same<S, c10::Half>::value) return StorageBuild::kNone;
+  else return StorageBuild::kSimdOnly;
+}
+
+// Whether a call on S storage runs through float32 on this CPU (capped by the
+// cpu_isa knob).
+template <typename S>
+bool runs_via_float32_on_this_cpu() {
+  constexpr StorageBuild b = storage_build<S>();
+  return b == StorageBuild::kNone || (b == StorageBuild::kSimdOnly && cpu_isa() == CpuIsa::kBaseline);
 }
 
 // Calls f with std::integral_constant<CpuIsa, ...>: cpu_isa() for the
 // training dtypes; float64 (gradcheck and reference checks) is built for the
-// baseline ISA only, a third of its compile time; 16-bit storage for the SIMD
-// ISAs only (simd_only_storage).
+// baseline ISA only, a third of its compile time; bfloat16 for the SIMD ISAs
+// only (storage_build).
 template <typename S, typename F>
 void with_cpu_isa_for(F&& f) {
   if constexpr (std::is_same<S, double>::value) {
     f(std::integral_constant<CpuIsa, CpuIsa::kBaseline>{});
-  } else if constexpr (simd_only_storage<S>()) {
+  } else if constexpr (storage_build<S>() == StorageBuild::kSimdOnly) {
     with_cpu_isa([&](auto isa) {
       if constexpr (decltype(isa)::value == CpuIsa::kBaseline) {
         TORCH_CHECK(false, "tcl_fast::lif: internal error: 16-bit storage on the baseline ISA must run "

@@ -226,6 +226,46 @@ def test_wide_and_narrow_cpu_groups_agree_bit_for_bit(dtype, two_threads):
     torch.testing.assert_close(wide["gtau"], narrow["gtau"], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_16bit_cpu_ops_equal_float32_ops_rounded(dtype, surrogate, affine):
+    # A 16-bit CPU kernel computes in float32 and rounds once at each store, so it must
+    # give the float32 kernel's outputs rounded to 16 bits, bit for bit. That is what lets
+    # a call without 16-bit kernels (float16 on x86, bfloat16 on the baseline ISA) run the
+    # float32 kernels on float32 copies instead (csrc/lif_cpu_kernels.h storage_build);
+    # here the bfloat16 kernels, native on AVX2 / AVX-512, are held to it. Per-channel
+    # decay and affine (BN in the kernel) with a residual addend run the Lanewise drivers.
+    # 21 steps cross a 16-step chunk; 3 x 100 neurons end in a ragged 128-lane group.
+    shape = (21, 3, 100)
+    x = _inputs(shape, "cpu", dtype, seed=21)
+    v0 = (_inputs(shape[1:], "cpu", seed=22) * 0.3).to(dtype)
+    grad_s = torch.randn(shape, generator=torch.Generator().manual_seed(23)).to(dtype)
+    grad_v = torch.randn(shape[1:], generator=torch.Generator().manual_seed(24)).to(dtype)
+    decay = torch.rand(3, 1, generator=torch.Generator().manual_seed(25)) * 0.5 + 0.2
+    scalars = (1.0, -0.3, True, True, False, SURROGATES.index(surrogate), 4.0, 0.1, False)
+    ops = torch.ops.tcl_fast
+
+    def run(x, v0, grad_s, grad_v, addend):
+        if not affine:
+            return (*ops.lif_forward(x, v0, decay, *scalars),
+                    *ops.lif_backward(grad_s, grad_v, x, v0, decay, *scalars, True))
+        scale, shift = torch.linspace(0.5, 1.5, 3).view(3, 1), torch.linspace(-0.1, 0.2, 3).view(3, 1)
+        return (*ops.lif_affine_forward(x, v0, decay, scale, shift, addend, *scalars),
+                *ops.lif_affine_backward(grad_s, grad_v, x, v0, decay, scale, shift, addend, *scalars,
+                                         True, True, True))
+
+    addend = (_inputs(shape, "cpu", seed=26) * 0.2).to(dtype) if affine else None
+    got = run(x, v0, grad_s, grad_v, addend)
+    want = run(*(t.float() if t is not None else None for t in (x, v0, grad_s, grad_v, addend)))
+    names = ["spikes", "v_last", "grad_x", "grad_v0", "grad_decay", "grad_scale", "grad_shift", "grad_addend"]
+    for name, g, w in zip(names, got, want):
+        # x-shaped and neuron-shaped outputs are stored in x's dtype; the parameter
+        # gradients (float32 sums) are float32 either way.
+        assert g.dtype == (dtype if w.shape in (shape, shape[1:]) else torch.float32), name
+        assert torch.equal(g, w.to(g.dtype)), name
+
+
 def test_wide_cpu_groups_float64(two_threads):
     # float64 takes 512-neuron backward groups (its h chunk is twice the bytes).
     N = 4096 * 4 * torch.get_num_threads() + 300

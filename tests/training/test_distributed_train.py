@@ -1,4 +1,6 @@
-"""`tcl-fast train` under torchrun: 2 gloo processes on 127.0.0.1, bounded and cleaned up."""
+"""`tcl-fast train` on 2 gloo ranks on 127.0.0.1, bounded and cleaned up: the shared run
+(tests/training/conftest.py ddp_tcl_run) under torchrun itself, the others started with the
+environment torchrun gives its ranks."""
 from __future__ import annotations
 
 import json
@@ -7,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,17 +31,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1",
                PYTHONWARNINGS="ignore",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     if Path("/sys/class/net/lo").exists():
         env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    return env
+
+
+def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+    """2 ranks under torchrun itself (the shared run, tests/training/conftest.py ddp_tcl_run)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
            *([script] if script else ["-m"]), *module_args]
     # Own session, so a hung job is killed with all its workers (only what this test started).
-    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
         out, err = p.communicate(timeout=TIMEOUT_S)
@@ -46,6 +55,49 @@ def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.C
         p.communicate()
         pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s")
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def _two_ranks(module_args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+    """The same 2 ranks started directly with the environment torchrun gives them (RANK,
+    WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: all tcl_fast reads),
+    as tests/test_distributed.py does: the launcher is one more process importing torch
+    (4 s of CPU) per run. The runs after the shared one use this. Returns both ranks' output,
+    rank 0's first, and the first failing rank's exit code (0 when both succeed); a rank
+    that fails takes the other down at once, as torchrun would, rather than leaving it
+    waiting in a collective."""
+    port = str(_free_port())
+    cmd = [sys.executable, *([script] if script else ["-m"]), *module_args]
+    procs, logs, killed, timed_out = [], [], set(), False
+    try:
+        for rank in range(2):
+            env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))  # no pipe to fill up
+            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=logs[-1][0], stderr=logs[-1][1],
+                                          text=True, start_new_session=True))
+        deadline = time.monotonic() + TIMEOUT_S
+        while None in (codes := [p.poll() for p in procs]):  # poll every rank, each round
+            if any(c not in (None, 0) for c in codes):
+                break  # a rank failed: the other would wait for it in a collective
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            time.sleep(0.05)
+    finally:
+        for rank, p in enumerate(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                killed.add(rank)
+    texts = []
+    for out, err in logs:
+        out.seek(0), err.seek(0)
+        texts.append((out.read(), err.read()))
+        out.close(), err.close()
+    if timed_out:
+        pytest.fail(f"the two ranks did not finish in {TIMEOUT_S} s")
+    code = next((p.returncode for rank, p in enumerate(procs) if p.returncode != 0 and rank not in killed), 0)
+    return subprocess.CompletedProcess(cmd, code, "".join(o for o, _ in texts), "".join(e for _, e in texts))
 
 
 def _rows(out):
@@ -60,10 +112,10 @@ def test_two_rank_resume_equals_an_uninterrupted_two_rank_run(ddp_tcl_run, tmp_p
     assert r.returncode == 0, r.stderr[-4000:]
     out = tmp_path / "resumed"
     quick_one_epoch = [a if a != "2" else "1" for a in QUICK]
-    r = _torchrun(["tcl_fast.train", "--out", str(out), *quick_one_epoch])
+    r = _two_ranks(["tcl_fast.train", "--out", str(out), *quick_one_epoch])
     assert r.returncode == 0, r.stderr[-4000:]
     assert len(load_checkpoint(str(out))["rng_ranks"]) == 2  # each rank's RNG was saved
-    r = _torchrun(["tcl_fast.train", "--resume", str(out), "--epochs", "2"])
+    r = _two_ranks(["tcl_fast.train", "--resume", str(out), "--epochs", "2"])
     assert r.returncode == 0, r.stderr[-4000:]
     # Same sampler seeds and per-rank RNGs restored: the resumed run repeats the straight one.
     assert _rows(out) == _rows(straight)
@@ -83,7 +135,7 @@ def test_two_rank_training_writes_one_log_and_one_checkpoint(tmp_path, entry, re
         out, r = request.getfixturevalue("ddp_tcl_run")  # the shared run (conftest.py)
     else:
         out = tmp_path / "run"
-        r = _torchrun([*entry, "--out", str(out), *QUICK])
+        r = _two_ranks([*entry, "--out", str(out), *QUICK])
     assert r.returncode == 0, r.stderr[-4000:]
     # Rank 0 alone writes: one of each file (and the run-folder lock), no leftovers from another rank.
     assert sorted(os.listdir(out)) == [".lock", "checkpoint.pt", "config.json", "latency.json", "latency.png",
@@ -124,7 +176,7 @@ def test_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     script = tmp_path / "nan_on_rank_1.py"
     script.write_text(_NAN_ON_RANK_1)
     out = tmp_path / "run"
-    r = _torchrun(["--out", str(out), "--skip-nonfinite", "--no-progress", *QUICK], script=str(script))
+    r = _two_ranks(["--out", str(out), "--skip-nonfinite", "--no-progress", *QUICK], script=str(script))
     assert r.returncode == 0, r.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["skipped_steps"] for row in rows] == [1, 0]

@@ -11,7 +11,7 @@ from run_logs import history, strip_timing
 from tcl_fast.cli import main
 from tcl_fast.training.checkpoint import load_checkpoint
 from test_distributed_train import QUICK as DDP_QUICK
-from test_distributed_train import _torchrun
+from test_distributed_train import _two_ranks
 
 QUICK = ["--limit-batches", "3", "--batch-size", "16", "--no-progress", "--backend", "cpp"]
 
@@ -44,7 +44,7 @@ def test_two_ranks_equal_two_ranks_without_it(ddp_tcl_run, tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     runs = {"plain": plain}
     out = tmp_path / "opt"
-    r = _torchrun(["tcl_fast.train", "--out", str(out), *DDP_QUICK, "--optimize-memory"])
+    r = _two_ranks(["tcl_fast.train", "--out", str(out), *DDP_QUICK, "--optimize-memory"])
     assert r.returncode == 0, r.stderr[-4000:]
     runs["opt"] = out
     assert strip_timing(history(runs["opt"])) == strip_timing(history(runs["plain"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed import TCPStore
 
 from tcl_fast.cli import main
 from tcl_fast.training.checkpoint import load_checkpoint
@@ -58,20 +59,24 @@ def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.C
 
 
 def _two_ranks(module_args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
-    """The same 2 ranks started directly with the environment torchrun gives them (RANK,
-    WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: all tcl_fast reads),
-    as tests/test_distributed.py does: the launcher is one more process importing torch
-    (4 s of CPU) per run. The runs after the shared one use this. Returns both ranks' output,
-    rank 0's first, and the first failing rank's exit code (0 when both succeed); a rank
-    that fails takes the other down at once, as torchrun would, rather than leaving it
-    waiting in a collective."""
-    port = str(_free_port())
+    """The same 2 ranks without torchrun's launcher process (one more `import torch`, 4 s of
+    CPU, per run): this process plays torchrun's agent. It hosts the rendezvous store and
+    gives each rank the environment torchrun would (RANK, WORLD_SIZE, LOCAL_RANK,
+    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, and TORCHELASTIC_USE_AGENT_STORE, so every
+    rank is a client of that store). The store outlives the ranks, as the agent's does.
+    With rank 0 hosting it instead (plain env:// ranks), one such run under the full suite
+    ended in SIGABRT after its last epoch ("terminate called without an active exception"
+    in a rank's teardown; rank 0 exiting takes the store with it). Returns both ranks' output, rank 0's first, and the
+    first failing rank's exit code (0 when both succeed); a rank that fails takes the other
+    down at once, as torchrun would, rather than leaving it waiting in a collective."""
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: a free one
+    port = str(store.port)
     cmd = [sys.executable, *([script] if script else ["-m"]), *module_args]
     procs, logs, killed, timed_out = [], [], set(), False
     try:
         for rank in range(2):
             env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, TORCHELASTIC_USE_AGENT_STORE="True")
             logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))  # no pipe to fill up
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=logs[-1][0], stderr=logs[-1][1],
                                           text=True, start_new_session=True))
@@ -96,6 +101,7 @@ def _two_ranks(module_args: list[str], script: str | None = None) -> subprocess.
         out.close(), err.close()
     if timed_out:
         pytest.fail(f"the two ranks did not finish in {TIMEOUT_S} s")
+    del store  # after both ranks are gone
     code = next((p.returncode for rank, p in enumerate(procs) if p.returncode != 0 and rank not in killed), 0)
     return subprocess.CompletedProcess(cmd, code, "".join(o for o, _ in texts), "".join(e for _, e in texts))
 

@@ -348,14 +348,13 @@ void backward_groups(const S* grad_spikes, const S* grad_v_last, const S* x, con
 // Which ISAs S's kernels are built for. A call the build has no kernel for runs
 // the float32 kernels on float32 copies instead (lif_cpu.cpp runs_via_float32),
 // which gives the same values: the 16-bit kernels compute in float32 and round
-// once at each store, as the copy back does (tested bit for bit against the
-// native kernels, tests/ops/test_lif.py).
+// once at each store, as the copy back does (tests/ops/test_lif.py holds the
+// bfloat16 kernels to it bit for bit; scripts/lif_outputs_ab.py compares builds).
 //  - kEveryIsa: float32, float64 (its one build, below), and every storage type
 //    on single-ISA targets (aarch64).
 //  - kSimdOnly: bfloat16 on x86, the CPU training dtype (autocast's default on
-//    the CPU): AVX2 and AVX-512 only. Without F16C-like help the baseline ISA
-//    converts in scalar code anyway, and its build was a quarter of the file's
-//    compile time.
+//    the CPU): AVX2 and AVX-512 only. The baseline ISA's lane loops convert in
+//    scalar code anyway, and its build was a quarter of the file's compile time.
 //  - kNone: float16 on x86. Training on the CPU in float16 is not offered (the
 //    CLI's --amp fp16 needs a GPU; torch's CPU autocast defaults to bfloat16),
 //    and its kernels were a fifth of the build's compile time (docs/benchmarks.md,

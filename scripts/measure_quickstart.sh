@@ -19,6 +19,9 @@ mkdir -p "$out"; out=$(cd "$out" && pwd)
 work=$(mktemp -d /tmp/tcl_fast_quickstart.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MPLBACKEND=Agg
+# A newcomer has no compiled Triton kernels or inductor code cached either (the suite's
+# ahead-of-time sm_90 compile took 21 s cold and 5 s from ~/.triton's cache).
+export TRITON_CACHE_DIR=$work/triton_cache TORCHINDUCTOR_CACHE_DIR=$work/inductor_cache
 unset PIP_FIND_LINKS MAX_JOBS TCL_FAST_CUDA TORCH_CUDA_ARCH_LIST
 
 git clone -q "$repo" "$work/tcl_fast" || exit 1

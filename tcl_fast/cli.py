@@ -114,13 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, str | None, bool]:
+    from tcl_fast.training.run_folder import RunFolderBusy, RunLock, resolve_checkpoint
+
     given = {f.name: getattr(ns, f.name) for f in fields(TrainConfig) if hasattr(ns, f.name)}
     if ns.resume is None:
-        return TrainConfig(**given), None, ns.overwrite
-    from tcl_fast.training.checkpoint import load_checkpoint, resolve_checkpoint
+        cfg = TrainConfig(**given)
+        busy_folder = cfg.resolved_out()
+    else:
+        try:
+            path = resolve_checkpoint(ns.resume)
+        except FileNotFoundError as exc:
+            raise UserError(f"--resume: {exc}") from None
+        # the folder the resumed run will write to (below): --out if given, else the checkpoint's
+        busy_folder = given.get("out") or os.path.dirname(os.path.abspath(path))
+    try:  # refused here, before torch is imported; the trainer's lock still guards the run
+        RunLock(busy_folder).check_free()
+    except RunFolderBusy as exc:
+        raise UserError(str(exc)) from None
+    if ns.resume is None:
+        return cfg, None, ns.overwrite
+    from tcl_fast.training.checkpoint import load_checkpoint
 
     try:
-        path = resolve_checkpoint(ns.resume)
         saved = TrainConfig.from_dict(load_checkpoint(path)["config"])
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(f"--resume: {exc}") from None
@@ -160,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         if ns.command == "train":
+            cfg, resume, overwrite = _config_from_args(ns)  # first: it refuses a busy folder before torch loads
             from tcl_fast.training.trainer import train
 
-            cfg, resume, overwrite = _config_from_args(ns)
             result = train(cfg, resume=resume, overwrite=overwrite)
             if result.interrupted:
                 return 130

@@ -1,7 +1,6 @@
 """Atomic, hashed checkpoints, RNG-state capture for exact resumption, and the run-folder lock."""
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
@@ -11,9 +10,10 @@ import warnings
 import numpy as np
 import torch
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from tcl_fast.training.run_folder import (  # noqa: F401  (re-exported: their home is run_folder)
+    CHECKPOINT_NAME, LOCK_NAME, RunFolderBusy, RunLock, resolve_checkpoint)
+
 HASH_KEY = "content_sha256"
-LOCK_NAME = ".lock"
 
 
 def rng_state() -> dict:
@@ -105,15 +105,6 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def resolve_checkpoint(path: str) -> str:
-    """Accept a checkpoint file or a run folder containing one."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    return path
-
-
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load and verify a checkpoint; ValueError names what is wrong with the file."""
     path = resolve_checkpoint(path)
@@ -186,71 +177,3 @@ def remove_stale_temp_files(folder: str) -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<folder>/.lock`` for the whole run.
-
-    The OS drops the lock when the process ends, however it ends (even SIGKILL),
-    so no stale lock can outlive its run. The holder writes its PID into the
-    file so that a refused second run can name it.
-    """
-
-    def __init__(self, folder: str):
-        self.folder = folder
-        self.path = os.path.join(folder, LOCK_NAME)
-        self._fd: int | None = None
-        self._created = False
-
-    def acquire(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): run unlocked
-            return self
-        self._created = not os.path.isdir(self.folder)
-        os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunFolderBusy(self.folder, self._holder()) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def _holder(self) -> int | None:
-        try:
-            with open(self.path) as f:
-                return int(f.read().strip() or "x")
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        if self._created and os.listdir(self.folder) == [LOCK_NAME]:
-            # A run refused before it wrote anything leaves no folder behind.
-            os.remove(self.path)
-            os.rmdir(self.folder)
-        os.close(self._fd)  # closing the descriptor drops the flock
-        self._fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-class RunFolderBusy(Exception):
-    """Another live process holds the run folder's lock."""
-
-    def __init__(self, folder: str, pid: int | None):
-        who = f"process {pid}" if pid is not None else "another process"
-        super().__init__(f"run folder {folder!r} is in use by {who} (another training or --resume of it); "
-                         "wait for it to finish or choose another --out")
-        self.folder, self.pid = folder, pid

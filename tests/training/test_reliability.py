@@ -169,6 +169,16 @@ _HELD_RUN = textwrap.dedent("""
 """)
 
 
+# `tcl-fast ARGS`, then a line saying whether torch was imported.
+_MAIN_SAYING_IF_TORCH_LOADED = textwrap.dedent("""
+    import sys
+    from tcl_fast.cli import main
+    code = main(sys.argv[1:])
+    print("torch imported" if "torch" in sys.modules else "torch not imported")
+    sys.exit(code)
+""")
+
+
 def _cli(args, **kw):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                PYTHONWARNINGS="ignore")
@@ -190,10 +200,11 @@ def test_second_run_on_a_busy_folder_exits_2_and_the_first_finishes_intact(tmp_p
             assert time.monotonic() < deadline
             time.sleep(0.05)
         for argv in (["--out", out, "--overwrite", *QUICK], ["--resume", out, "--no-progress"]):
-            r = _cli(["-m", "tcl_fast.cli", "train", *argv])
+            r = _cli(["-c", _MAIN_SAYING_IF_TORCH_LOADED, "train", *argv])
             assert r.returncode == 2, r.stderr[-3000:]
             assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
             assert repr(out) in r.stderr and f"process {first.pid}" in r.stderr, r.stderr
+            assert r.stdout == "torch not imported\n"  # refused at once, before seconds of imports
         open(release, "w").close()
         assert first.wait(timeout=300) == 0, first.communicate()[1][-3000:]
     finally:

@@ -1,7 +1,8 @@
 """tcl_fast.training.distributed on CPU: 2 gloo processes on 127.0.0.1 vs one process.
 
 The parent launches this file as a script twice with torchrun's environment
-(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); each worker runs every
+(tests/rank_launch.py: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, and a
+rendezvous store the parent hosts, as torchrun's agent does); each worker runs every
 scenario once and saves its results, and the tests below compare them with a
 single-process computation done here. One launch serves all tests, bounded by
 a timeout, and the workers are killed if they overrun.
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from rank_launch import launch_ranks
 from tcl_fast.training.distributed import (
     DistContext,
     all_gather_with_grad,
@@ -202,12 +202,6 @@ def _worker_main(out_dir: str) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # One worker runs this module under `--dist loadgroup`, so the two-process run below starts once.
 pytestmark = pytest.mark.xdist_group("test_distributed")
 
@@ -215,31 +209,13 @@ pytestmark = pytest.mark.xdist_group("test_distributed")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("dist")
-    port = _free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        if Path("/sys/class/net/lo").exists():
-            env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback only
-        procs.append(subprocess.Popen([sys.executable, __file__, str(out_dir)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    try:
-        for p in procs:
-            try:
-                logs.append(p.communicate(timeout=LAUNCH_TIMEOUT_S)[0])
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"distributed workers did not finish in {LAUNCH_TIMEOUT_S} s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    for rank, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{log[-4000:]}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback only
+    ranks = launch_ranks([sys.executable, __file__, str(out_dir)], env, WORLD, LAUNCH_TIMEOUT_S, cwd=ROOT)
+    for rank, r in enumerate(ranks):
+        assert r.returncode == 0, f"rank {rank} exited with {r.returncode}:\n{(r.stdout + r.stderr)[-4000:]}"
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

@@ -9,15 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed import TCPStore
 
+from rank_launch import launch_ranks
 from tcl_fast.cli import main
 from tcl_fast.training.checkpoint import load_checkpoint
 
@@ -59,51 +57,14 @@ def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.C
 
 
 def _two_ranks(module_args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
-    """The same 2 ranks without torchrun's launcher process (one more `import torch`, 4 s of
-    CPU, per run): this process plays torchrun's agent. It hosts the rendezvous store and
-    gives each rank the environment torchrun would (RANK, WORLD_SIZE, LOCAL_RANK,
-    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, and TORCHELASTIC_USE_AGENT_STORE, so every
-    rank is a client of that store). The store outlives the ranks, as the agent's does.
-    With rank 0 hosting it instead (plain env:// ranks), one such run under the full suite
-    ended in SIGABRT after its last epoch ("terminate called without an active exception"
-    in a rank's teardown; rank 0 exiting takes the store with it). Returns both ranks' output, rank 0's first, and the
-    first failing rank's exit code (0 when both succeed); a rank that fails takes the other
-    down at once, as torchrun would, rather than leaving it waiting in a collective."""
-    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: a free one
-    port = str(store.port)
+    """The same 2 ranks without torchrun's launcher (tests/rank_launch.py): both ranks'
+    output, rank 0's first, and the exit code of the first rank that failed (0 when both
+    succeed; a rank stopped because the other failed does not count)."""
     cmd = [sys.executable, *([script] if script else ["-m"]), *module_args]
-    procs, logs, killed, timed_out = [], [], set(), False
-    try:
-        for rank in range(2):
-            env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, TORCHELASTIC_USE_AGENT_STORE="True")
-            logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))  # no pipe to fill up
-            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=logs[-1][0], stderr=logs[-1][1],
-                                          text=True, start_new_session=True))
-        deadline = time.monotonic() + TIMEOUT_S
-        while None in (codes := [p.poll() for p in procs]):  # poll every rank, each round
-            if any(c not in (None, 0) for c in codes):
-                break  # a rank failed: the other would wait for it in a collective
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            time.sleep(0.05)
-    finally:
-        for rank, p in enumerate(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-                killed.add(rank)
-    texts = []
-    for out, err in logs:
-        out.seek(0), err.seek(0)
-        texts.append((out.read(), err.read()))
-        out.close(), err.close()
-    if timed_out:
-        pytest.fail(f"the two ranks did not finish in {TIMEOUT_S} s")
-    del store  # after both ranks are gone
-    code = next((p.returncode for rank, p in enumerate(procs) if p.returncode != 0 and rank not in killed), 0)
-    return subprocess.CompletedProcess(cmd, code, "".join(o for o, _ in texts), "".join(e for _, e in texts))
+    ranks = launch_ranks(cmd, _env(), 2, TIMEOUT_S, cwd=ROOT)
+    code = next((r.returncode for r in ranks if r.returncode != 0 and not r.stopped), 0)
+    return subprocess.CompletedProcess(cmd, code, "".join(r.stdout for r in ranks),
+                                       "".join(r.stderr for r in ranks))
 
 
 def _rows(out):

@@ -5,6 +5,11 @@ from __future__ import annotations
 import errno
 import os
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): runs are unlocked there
+    fcntl = None
+
 CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".lock"
 
@@ -33,20 +38,16 @@ class RunLock:
         self._created = False
 
     def acquire(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): run unlocked
+        if fcntl is None:
             return self
         self._created = not os.path.isdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+            self._lock_or_raise(fd)
+        except BaseException:
             os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunFolderBusy(self.folder, self._holder()) from None
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -58,22 +59,26 @@ class RunLock:
         The CLI calls this before it imports torch, so a second run on a busy folder
         is refused at once instead of after seconds of imports. acquire() is still what
         guards the run: a run that starts between the two is caught there."""
-        try:
-            import fcntl
-        except ImportError:
+        if fcntl is None:
             return
         try:
             fd = os.open(self.path, os.O_RDWR)  # no lock file: nobody has run here
         except OSError:
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # closing fd drops it again
+            self._lock_or_raise(fd)  # closing fd below drops the lock again
+        finally:
+            os.close(fd)
+
+    def _lock_or_raise(self, fd: int) -> None:
+        """Take the exclusive flock on fd without waiting, or raise RunFolderBusy naming
+        the holder."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise RunFolderBusy(self.folder, self._holder()) from None
-        finally:
-            os.close(fd)
 
     def _holder(self) -> int | None:
         try:

@@ -211,7 +211,7 @@ def format_cost_table(accuracy: dict[int, float], cost: dict) -> str:
 
 def plot_accuracy_vs_energy(curves, path: str, title: str = "accuracy vs inference energy") -> str:
     """One line per run, one point per T' (labelled), energy per sample on a log x axis."""
-    fig, ax = new_axes((5.5, 4))
+    fig, ax = new_axes()
     for name, accuracy, cost in curves:
         ts = sorted(int(t) for t in cost["per_T"])
         xs = [cost["per_T"][str(t)]["energy_uJ"] for t in ts]

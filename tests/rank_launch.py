@@ -17,8 +17,22 @@ import subprocess
 import tempfile
 import time
 
+from pathlib import Path
+
 import pytest
 from torch.distributed import TCPStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_gloo_env(**extra: str) -> dict[str, str]:
+    """This environment for a CPU rank of the tests' jobs: one intra-op thread per rank, no
+    GPU, Triton's interpreter, this checkout first on PYTHONPATH, gloo on loopback only."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra)
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
 
 
 def launch_ranks(cmd: list[str], env: dict[str, str], world: int, timeout_s: float,

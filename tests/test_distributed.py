@@ -10,7 +10,6 @@ a timeout, and the workers are killed if they overrun.
 from __future__ import annotations
 
 import datetime
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from rank_launch import launch_ranks
+from rank_launch import cpu_gloo_env, launch_ranks
 from tcl_fast.training.distributed import (
     DistContext,
     all_gather_with_grad,
@@ -209,11 +208,8 @@ pytestmark = pytest.mark.xdist_group("test_distributed")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("dist")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on loopback only
-    ranks = launch_ranks([sys.executable, __file__, str(out_dir)], env, WORLD, LAUNCH_TIMEOUT_S, cwd=ROOT)
+    ranks = launch_ranks([sys.executable, __file__, str(out_dir)], cpu_gloo_env(), WORLD, LAUNCH_TIMEOUT_S,
+                         cwd=ROOT)
     for rank, r in enumerate(ranks):
         assert r.returncode == 0, f"rank {rank} exited with {r.returncode}:\n{(r.stdout + r.stderr)[-4000:]}"
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

@@ -98,7 +98,7 @@ def plot_latency(curves: Iterable[tuple[str, dict[int, float]]], path: str,
     The y-axis runs from chance level (``chance``, in %, drawn as a dashed line)
     or else 0, up to 100, so that a one-point difference looks like one point.
     """
-    fig, ax = new_axes((5.5, 4))
+    fig, ax = new_axes()
     all_ts: set[int] = set()
     lowest: list[float] = []
     for name, accs in curves:

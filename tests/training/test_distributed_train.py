@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rank_launch import launch_ranks
+from rank_launch import cpu_gloo_env, launch_ranks
 from tcl_fast.cli import main
 from tcl_fast.training.checkpoint import load_checkpoint
 
@@ -30,23 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1",
-               PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
-    return env
-
-
 def _torchrun(module_args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
     """2 ranks under torchrun itself (the shared run, tests/training/conftest.py ddp_tcl_run)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
            *([script] if script else ["-m"]), *module_args]
     # Own session, so a hung job is killed with all its workers (only what this test started).
-    p = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(cmd, env=cpu_gloo_env(PYTHONWARNINGS="ignore"), cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -61,7 +52,7 @@ def _two_ranks(module_args: list[str], script: str | None = None) -> subprocess.
     output, rank 0's first, and the exit code of the first rank that failed (0 when both
     succeed; a rank stopped because the other failed does not count)."""
     cmd = [sys.executable, *([script] if script else ["-m"]), *module_args]
-    ranks = launch_ranks(cmd, _env(), 2, TIMEOUT_S, cwd=ROOT)
+    ranks = launch_ranks(cmd, cpu_gloo_env(PYTHONWARNINGS="ignore"), 2, TIMEOUT_S, cwd=ROOT)
     code = next((r.returncode for r in ranks if r.returncode != 0 and not r.stopped), 0)
     return subprocess.CompletedProcess(cmd, code, "".join(r.stdout for r in ranks),
                                        "".join(r.stderr for r in ranks))
